@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio import to_thread
@@ -27,6 +28,10 @@ from app.core.types import BatchPolicy, ModelConfig, ServableId
 from app.errors import ConfigError
 from app.metrics import Metrics
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.grpc.server import GrpcServer
+    from app.grpc.service import Reload
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,49 @@ def default_loader(settings: Settings) -> tuple[Loader, Callable[[], None]]:
     ), release_memory
 
 
+def grpc_server(settings: Settings, app: FastAPI, reload: Reload) -> GrpcServer | None:
+    """The gRPC edge, or None when `--port=0` and no `--grpc_socket_path` (hotserve's choice:
+    TF Serving refuses to start without any gRPC listener). Imported only when enabled: the
+    gRPC edge pulls in TF Serving's protos, and with them TensorFlow."""
+    from app.grpc.server import GrpcOptions, GrpcServer
+
+    opts = GrpcOptions(
+        host=settings.host,
+        port=settings.port,
+        socket_path=settings.grpc_socket_path,
+        channel_arguments=settings.grpc_channel_arguments,
+        ssl_config_file=settings.ssl_config_file,
+        health_service=settings.enable_grpc_healthcheck_service,
+        stop_grace_seconds=settings.drain_timeout_seconds,
+    )
+    if not opts.enabled:
+        return None
+    metrics: Metrics | None = getattr(app.state, "metrics", None)
+    return GrpcServer(
+        opts, app.state.serving, metrics.requests if metrics is not None else None, reload
+    )
+
+
+def config_reloader(registry: Registry, source: VersionSource) -> Reload:
+    """ModelService.HandleReloadConfigRequest: the new ModelServerConfig replaces the model set
+    exactly as a models.config reload does (same parser, same validation, same messages), then
+    waits until every model has settled, as TF Serving's ReloadConfig waits for new models."""
+
+    async def reload(proto: Any) -> None:
+        from google.protobuf import text_format
+
+        configs = config.parse_model_server_config(text_format.MessageToString(proto))
+        log.info("config reload (gRPC): %s", [c.name for c in configs])
+        registry.set_models(configs)
+        source.set_models(configs)
+        # The registry publishes no readiness event; a short poll is cheap and bounded by the
+        # caller's RPC deadline.
+        while not registry.is_ready():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+    return reload
+
+
 async def poll_config(
     settings: Settings, registry: Registry, source: VersionSource, current: list[ModelConfig]
 ) -> None:
@@ -157,6 +205,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
+    grpc = grpc_server(settings, app, config_reloader(registry, source))
     log.info(
         "hotserve: serving %s (batching %s)",
         ", ".join(f"{c.name} <- {c.base_path}" for c in configs) or "no models",
@@ -167,9 +216,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tg.start_soon(source.run)
         if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
             tg.start_soon(poll_config, settings, registry, source, configs)
+        if grpc is not None:
+            await tg.start(grpc.run)
         try:
             yield
         finally:
             with anyio.CancelScope(shield=True):
+                if grpc is not None:
+                    await grpc.stop()  # refuse new RPCs, let in-flight ones finish
                 await registry.close(settings.drain_timeout_seconds)
             tg.cancel_scope.cancel()

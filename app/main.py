@@ -18,6 +18,7 @@ from app.core.registry import Registry
 from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.metrics import Metrics, install_routes
+from app.serving.service import Serving
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
+    app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
     app.tf_serving_rest = TFServingRest(
         registry=registry,
         options=RestOptions(
