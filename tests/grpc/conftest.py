@@ -12,6 +12,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from tests.harness import REPO, ServerProcess, free_port, models_config
 
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
 
 @dataclass
 class GrpcServer:
@@ -69,7 +71,12 @@ def stop(server: GrpcServer) -> None:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     """The demo models (batching off), gRPC and REST, one server per test module."""
     tmp = tmp_path_factory.mktemp("grpc")
-    server = start([f"--model_config_file={demo_config(tmp)}"], tmp / "server.log")
+    monitoring = tmp / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
+    server = start(
+        [f"--model_config_file={demo_config(tmp)}", f"--monitoring_config_file={monitoring}"],
+        tmp / "server.log",
+    )
     try:
         yield server
     finally:
