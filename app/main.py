@@ -62,9 +62,9 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
-    app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
+    serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
     app.tf_serving_rest = TFServingRest(
-        registry=registry,
+        serving=serving,
         options=RestOptions(
             max_request_bytes=settings.max_request_bytes,
             timeout_ms=settings.rest_api_timeout_in_ms,

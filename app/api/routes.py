@@ -23,20 +23,18 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import anyio
-
 from app.api import codec
 from app.api.errors import http_status
 from app.core.lifecycle import ModelVersion
-from app.core.registry import Registry
 from app.core.types import Signature, VersionStatus
 from app.errors import (
     Cancelled,
-    DeadlineExceeded,
     HotserveError,
     InvalidArgument,
     PayloadTooLarge,
 )
+from app.serving.service import Api, Serving
+from app.serving.types import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +77,8 @@ class RestOptions:
     method_name_check: bool = False
 
 
-@dataclass(frozen=True)
-class Target:
-    """A parsed `/v1/models/...` path."""
-
-    name: str
-    version: int | None
-    label: str | None
+# A parsed `/v1/models/...` path: the model, its version or label (the serving layer's ModelRef).
+Target = ModelRef
 
 
 class Seen:
@@ -132,11 +125,11 @@ class TFServingRest:
 
     def __init__(
         self,
-        registry: Callable[[], Registry],
+        serving: Serving,
         options: RestOptions,
         observer: RequestObserver | None = None,
     ) -> None:
-        self._registry = registry
+        self._serving = serving
         self._opts = options
         self._observer = observer
         self._extra = CORS_HEADERS if options.cors else []
@@ -240,66 +233,43 @@ class TFServingRest:
         obj = codec.parse_body(body)  # a malformed body is a 400 even for an unknown model
         if verb == "predict":
             return await self._predict(obj, target, deadline)
-        return await self._examples(verb, obj, target, deadline)
+        return await self._examples(
+            "classify" if verb == "classify" else "regress", obj, target, deadline
+        )
 
-    def _signature(self, mv: ModelVersion, name: str, verb: str) -> Signature:
-        sig = mv.signatures.get(name)
-        if sig is None:
-            if verb == "predict":
-                raise InvalidArgument(
-                    f'Serving signature name: "{name}" not found in signature def'
-                )
-            raise InvalidArgument(f"No signature was found with the name: {name}")
-        if self._opts.method_name_check and sig.method_name != METHODS[verb]:
-            raise InvalidArgument(
-                f"Expected {verb} signature method_name to be {METHODS[verb]}. "
-                f"Was: {sig.method_name}"
-            )
-        return sig
-
-    async def _run(
-        self, mv: ModelVersion, sig: str, inputs: dict[str, Any], deadline: float | None
-    ) -> dict[str, Any]:
-        if deadline is None or mv.runner.enforces_deadlines:
-            # One timer per request is enough: a second anyio scope cost 15-25 µs (profiled).
-            return await mv.runner.submit(sig, inputs, deadline)
-        with anyio.move_on_after(deadline - time.monotonic()) as scope:
-            return await mv.runner.submit(sig, inputs, deadline)
-        assert scope.cancelled_caught
-        raise DeadlineExceeded("Deadline Exceeded")
+    def _signature(self, mv: ModelVersion, name: str, verb: Api) -> Signature:
+        return self._serving.signature(mv, name, verb, edge="REST")
 
     async def _predict(self, obj: dict[str, Any], target: Target, deadline: float | None) -> bytes:
         req = codec.parse_predict(obj)
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+        serving = self._serving
+        with serving.pin(target) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
             inputs = codec.to_tensors(req, sig)
-            outputs = await self._run(mv, sig.name, inputs, deadline)
+            outputs = await serving.run(mv, sig, inputs, deadline)
         return codec.encode_predict(outputs, req.columnar)
 
     async def _examples(
-        self, verb: str, obj: dict[str, Any], target: Target, deadline: float | None
+        self, verb: Api, obj: dict[str, Any], target: Target, deadline: float | None
     ) -> bytes:
         sig_name, context, examples = codec.parse_examples(
             obj, "classify" if verb == "classify" else "regress"
         )
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+        serving = self._serving
+        with serving.pin(target) as mv:
             sig = self._signature(mv, sig_name, verb)
-            if verb == "classify":
-                in_alias, classes, scores = codec.classify_io(sig)
-            else:
-                in_alias, out_alias = codec.regress_io(sig)
             serialized = mv.servable.serialize_examples(context, examples)
-            outputs = await self._run(mv, sig.name, {in_alias: serialized}, deadline)
-        if verb == "classify":
-            return codec.encode_classify(
-                outputs.get(classes) if classes else None, outputs.get(scores) if scores else None
-            )
-        return codec.encode_regress(outputs[out_alias])
+            if verb == "classify":
+                result = await serving.classify(mv, sig, serialized, deadline)
+                return codec.encode_classify(result.classes, result.scores)
+            values = await serving.regress(mv, sig, serialized, deadline)
+        return codec.encode_regress(values)
 
     def _metadata(self, target: Target) -> bytes:
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+        with self._serving.pin(target) as mv:
             cached = mv.cache.get("metadata")
             if cached is None:
+                defs = Serving.signature_defs(mv)
                 cached = codec.encode_json(
                     {
                         "model_spec": {
@@ -307,7 +277,7 @@ class TFServingRest:
                             "signature_name": "",
                             "version": str(mv.id.version),
                         },
-                        "metadata": mv.servable.metadata(),
+                        "metadata": {"signature_def": {"signature_def": defs}},
                     }
                 )
                 mv.cache["metadata"] = cached
@@ -315,7 +285,7 @@ class TFServingRest:
 
     def _status(self, target: Target) -> bytes:
         # TF Serving ignores a label in the status route and lists every version (QUIRK, kept).
-        statuses = self._registry().status(target.name, target.version)
+        statuses = self._serving.status(target.name, target.version)
         return codec.encode_json({"model_version_status": [_status_json(s) for s in statuses]})
 
 

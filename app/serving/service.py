@@ -21,8 +21,8 @@ inference limiter. Nothing here knows JSON, protobuf, HTTP or gRPC.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import anyio
@@ -56,11 +56,10 @@ class Serving:
 
     # ---- pinning and lookups ----------------------------------------------------------------
 
-    @contextmanager
-    def pin(self, ref: ModelRef) -> Iterator[ModelVersion]:
-        """Resolve the version that serves `ref` (app.core.routing) and hold it for the block."""
-        with self._registry().acquire(ref.name, ref.version, ref.label) as mv:
-            yield mv
+    def pin(self, ref: ModelRef) -> AbstractContextManager[ModelVersion]:
+        """Resolve the version that serves `ref` (app.core.routing) and hold it for the block.
+        Raises NotFound / InvalidArgument (routing) or Unavailable (server starting)."""
+        return self._registry().acquire(ref.name, ref.version, ref.label)
 
     def signature(self, mv: ModelVersion, name: str, api: Api, edge: Edge = "GRPC") -> Signature:
         """The signature `name` ("" -> serving_default) of the pinned version, checked for `api`.
@@ -93,8 +92,13 @@ class Serving:
         version `ref` resolves to: plain data each edge renders (REST as JSON, gRPC as a
         SignatureDefMap packed in Any)."""
         with self.pin(ref) as mv:
-            defs: dict[str, Any] = mv.servable.metadata()["signature_def"]["signature_def"]
-            return mv.id.version, defs
+            return mv.id.version, self.signature_defs(mv)
+
+    @staticmethod
+    def signature_defs(mv: ModelVersion) -> dict[str, Any]:
+        """Every SignatureDef of a pinned version, as proto3 JSON with proto field names."""
+        defs: dict[str, Any] = mv.servable.metadata()["signature_def"]["signature_def"]
+        return defs
 
     # ---- running ----------------------------------------------------------------------------
 
