@@ -23,7 +23,7 @@ RUN useradd --system --uid 10001 --no-create-home hotserve \
 COPY --chmod=0755 docker/entrypoint.sh /usr/bin/tf_serving_entrypoint.sh
 USER hotserve
 
-# 8500 is tensorflow/serving's gRPC port: accepted for compatibility, not served (REST only).
+# 8500: gRPC (TF Serving's PredictionService/ModelService), 8501: REST, as tensorflow/serving.
 EXPOSE 8500 8501
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/healthz').status != 200)"
 ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]

@@ -55,9 +55,13 @@ class Settings(BaseSettings):
     )
 
     # --- TensorFlow Serving's flags (spec 1.2), same names and defaults -----------------------
-    port: int = Field(default=8500, description="gRPC port (hotserve serves REST only; no effect)")
+    port: int = Field(
+        default=8500,
+        description="gRPC port (TF Serving's PredictionService and ModelService); 0 disables"
+        " TCP gRPC",
+    )
     grpc_socket_path: str = Field(
-        default="", description="UNIX socket for gRPC (hotserve serves REST only; no effect)"
+        default="", description="also serve gRPC on this UNIX socket (unix:<path>)"
     )
     rest_api_port: int = Field(
         default=DEFAULT_REST_API_PORT,
@@ -160,12 +164,17 @@ class Settings(BaseSettings):
         default=False, description="serve model.tflite if present (no effect in hotserve)"
     )
     grpc_channel_arguments: str = Field(
-        default="", description="gRPC channel arguments (no effect in hotserve)"
+        default="",
+        description="gRPC server arguments, key=value,... (integers as ints), applied after"
+        " hotserve's 2 GiB message limits",
     )
     grpc_max_threads: int = Field(
-        default_factory=_four_per_cpu, description="gRPC threads (no effect in hotserve)"
+        default_factory=_four_per_cpu,
+        description="gRPC threads (no effect in hotserve: gRPC handlers run on the event loop)",
     )
-    ssl_config_file: str = Field(default="", description="gRPC SSL config (no effect in hotserve)")
+    ssl_config_file: str = Field(
+        default="", description="TLS for gRPC: a text-format tensorflow.serving.SSLConfig"
+    )
     use_alts_credentials: bool = Field(
         default=False, description="gRPC ALTS credentials (no effect in hotserve)"
     )
@@ -173,7 +182,7 @@ class Settings(BaseSettings):
         default=True, description="TF profiler service (no effect in hotserve)"
     )
     enable_grpc_healthcheck_service: bool = Field(
-        default=False, description="gRPC health service (no effect in hotserve)"
+        default=False, description="serve grpc.health.v1.Health (SERVING while up)"
     )
 
     # --- hotserve's own options ---------------------------------------------------------------
@@ -333,17 +342,12 @@ HOTSERVE_FLAGS: tuple[str, ...] = (
 )
 
 # TF Serving flags accepted so existing command lines keep working, but which hotserve does not
-# act on (gRPC, TLS for gRPC, TFLite, GPU, profiler, TF session plumbing).
+# act on (gRPC thread pool, ALTS, TFLite, GPU, profiler, TF session plumbing).
 COMPAT_ONLY_FLAGS: frozenset[str] = frozenset(
     {
-        "port",
-        "grpc_socket_path",
-        "grpc_channel_arguments",
         "grpc_max_threads",
-        "ssl_config_file",
         "use_alts_credentials",
         "enable_profiler",
-        "enable_grpc_healthcheck_service",
         "prefer_tflite_model",
         "per_process_gpu_memory_fraction",
         "platform_config_file",

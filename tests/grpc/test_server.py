@@ -185,3 +185,34 @@ def test_reload_config_replaces_the_model_set(tmp_path: Path) -> None:
         assert tf.make_ndarray(out.outputs["y"]).tolist() == [3.5]
     finally:
         stop(server)
+
+
+def readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text[text.index("## gRPC") : text.index("## Configuration")]
+
+
+def test_readme_grpcurl_requests(demo: GrpcServer) -> None:
+    """Every grpcurl body in the README, through protobuf's JSON mapping (grpcurl's), answers."""
+    import re
+
+    from google.protobuf import descriptor_pool, json_format, message_factory
+
+    calls = re.findall(
+        r"-d '(.*?)' \\\s+localhost:8500 tensorflow\.serving\.(\w+)/(\w+)", readme_section(), re.S
+    )
+    assert len(calls) == 4
+    pool = descriptor_pool.Default()
+    for body, service, method in calls:
+        stub = demo.predict if service == "PredictionService" else demo.model
+        desc = pool.FindServiceByName(f"tensorflow.serving.{service}").methods_by_name[method]
+        request = json_format.Parse(body, message_factory.GetMessageClass(desc.input_type)())
+        response = getattr(stub, method)(request, timeout=10)
+        assert response.ByteSize() > 0, method
+
+
+def test_readme_python_example(demo: GrpcServer, capsys: pytest.CaptureFixture[str]) -> None:
+    section = readme_section()
+    code = section[section.index("```python") + len("```python") : section.index("```\n\nWith")]
+    exec(compile(code.replace("localhost:8500", demo.target), "README", "exec"), {})
+    assert capsys.readouterr().out.split() == ["[3.5", "4.", "5.5]", "2"]

@@ -56,9 +56,7 @@ def test_classification_and_regression_results_are_checked() -> None:
     scores = np.ones((2, 3), np.float32)
     with pytest.raises(InvalidArgument, match=r"Expected scores output batch size of 3\. Got: 2"):
         checks.classification(None, scores, 3)
-    with pytest.raises(
-        InvalidArgument, match=r"of DT_FLOAT\. Got: DT_DOUBLE"
-    ):
+    with pytest.raises(InvalidArgument, match=r"of DT_FLOAT\. Got: DT_DOUBLE"):
         checks.classification(None, scores.astype(np.float64), 2)
     assert checks.regression(np.ones((2, 1), np.float32), 2).shape == (2,)
     with pytest.raises(InvalidArgument, match=r"DT_FLOAT.  Got: DT_INT32"):
