@@ -148,6 +148,11 @@ class _Edge:
             log.exception("unexpected error serving gRPC %s for model %s", api or "call", model)
             code = "INTERNAL"
             await context.abort(grpc.StatusCode.INTERNAL, "Internal error")
+        except BaseException:
+            # The client cancelled, or its deadline passed (grpc.aio cancels the handler).
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
         finally:
             if self._observer is not None and api:
                 self._observer.observe(model, api, code, time.perf_counter() - started, "GRPC")

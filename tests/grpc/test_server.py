@@ -103,6 +103,9 @@ def test_unix_socket_and_health_service(tmp_path: Path) -> None:
             assert tf.make_ndarray(out.outputs["y"]).tolist() == [4.0]
     finally:
         stop(server)
+    # Stopped by the lifespan, in order, before the models were unloaded.
+    log = server.proc.log()
+    assert log.index("gRPC server stopped") < log.rindex("UNLOADING")
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
