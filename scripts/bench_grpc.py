@@ -40,7 +40,7 @@ import bench
 
 REPO = bench.REPO
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
-DATA_RE = re.compile(r"traffic: .*?(\d+) data")
+DATA_RE = re.compile(r"traffic: .*\((\d+)\) data")
 DONE_RE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded")
 
 
@@ -109,6 +109,7 @@ def run_h2load(
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"--log-file={log}", f"http://127.0.0.1:{port}{PREDICT_PATH}",
     ]  # fmt: skip
+    log.unlink(missing_ok=True)  # h2load appends
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         return {"failed": f"h2load exited {proc.returncode}: {proc.stderr.strip()[:300]}"}
