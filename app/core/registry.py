@@ -7,7 +7,7 @@ Threading contract:
 - Everything here runs on the event-loop thread. Blocking work (load, warmup, unload) goes to the
   load limiter through `anyio.to_thread.run_sync`.
 - `acquire()` is synchronous and lock-free: it reads `self._snapshot` (one attribute) and bumps
-  the chosen version's refcount. Only the per-model reconcilers (`_Model.reconcile`) replace the
+  the chosen version's refcount. Only the per-model reconcilers (`ModelState.run`) replace the
   snapshot, in one assignment.
 - A version is released only after it left the snapshot AND its refcount reached zero (bounded by
   the drain timeout), so a request that resolved a version always finishes on it.
@@ -123,14 +123,15 @@ class Registry:
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """TF Serving's GetModelStatus: every version ever tracked, highest first."""
         model = self._models.get(name)
-        if model is None or not model.statuses:
+        statuses = model.status_view() if model is not None else {}
+        if not statuses:
             raise NotFound(f"Could not find any versions of model {name}")
         if version is not None:
-            st = model.statuses.get(version)
+            st = statuses.get(version)
             if st is None:
                 raise NotFound(f"Could not find version {version} of model {name}")
             return [st]
-        return [model.statuses[v] for v in sorted(model.statuses, reverse=True)]
+        return [statuses[v] for v in sorted(statuses, reverse=True)]
 
     def model_names(self) -> list[str]:
         return sorted(self._models)
@@ -178,6 +179,8 @@ class Registry:
                 model.retire()
 
     def _new_model(self, cfg: ModelConfig, previous: ModelState | None) -> ModelState:
+        """A fresh state; a retired `previous` of the same name is only read (its statuses show
+        under the new state's until the new state reports those versions itself), never shared."""
         return ModelState(
             cfg,
             loader=self._loader,
@@ -187,7 +190,7 @@ class Registry:
             publish=self._publish,
             release_memory=self._release_memory,
             priority=self._priority,
-            statuses=previous.statuses if previous is not None else None,
+            previous=previous,
         )
 
     async def on_scan(self, result: ScanResult) -> None:

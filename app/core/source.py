@@ -6,6 +6,12 @@
 marker, and whose tree has not changed for `settle_seconds`. A version reported found once
 stays found while its directory exists, so touching a loaded version never unloads it.
 
+Changed in place: each scan also stats a found version's directory, `saved_model.pb`,
+`variables/` and `variables/variables.index` (a few stats, no tree walk). When that stamp moves,
+the version settles again (it stays found meanwhile, and is listed in `pending` too, so the source
+rescans soon) and then gets a new `ScanResult.generations` number: the lifecycle tries a version
+that failed again once it was fixed under the same number.
+
 Safety contract: when `ScanResult.error` is set (the listing failed, or it holds no complete
 version at all) `aspired` is empty and the caller must change nothing. A missing, unreadable or
 emptied base path therefore never unloads a serving version.
@@ -59,6 +65,8 @@ class ScanResult:
     pending: dict[int, str] = field(default_factory=dict)
     error: str | None = None
     aspired: frozenset[int] = frozenset()
+    # How many times a found version's files changed in place and settled again (absent: 0).
+    generations: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +83,29 @@ class _ModelState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     found: set[int] = field(default_factory=set)
     settling: dict[int, tuple[_Fingerprint, float]] = field(default_factory=dict)
+    stamps: dict[int, _Stamp] = field(default_factory=dict)  # found versions, as found
+    revising: set[int] = field(default_factory=set)  # found versions settling again
+    generations: dict[int, int] = field(default_factory=dict)
     logged: set[str] = field(default_factory=set)
     problem: str | None = None
+
+
+_Stamp = tuple[tuple[int, int, int] | None, ...]
+_STAMPED = ("", "saved_model.pb", "saved_model.pbtxt", "variables", "variables/variables.index")
+
+
+def _stamp(path: Path) -> _Stamp:
+    """(inode, size, mtime_ns) of the few entries a re-export replaces: cheap enough for every
+    scan of every found version, unlike `_fingerprint`'s walk."""
+    out: list[tuple[int, int, int] | None] = []
+    for name in _STAMPED:
+        try:
+            st = os.stat(path / name if name else path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _fingerprint(top: Path) -> _Fingerprint:
@@ -145,15 +174,18 @@ class VersionScanner:
             return ScanResult(config.name, error=failure)
         found, pending = self._classify(config.name, state, candidates)
         self._forget_gone(config.name, state, set(candidates))
-        error = self._empty_error(config.name, state, base, candidates, pending)
+        error = self._empty_error(
+            config.name, state, base, candidates, found=found, pending=pending
+        )
+        generations = {v: g for v, g in state.generations.items() if v in found}
         if error is not None:
-            return ScanResult(config.name, found, pending, error)
+            return ScanResult(config.name, found, pending, error, generations=generations)
         if state.problem is not None:
             logger.info("model %s: versions found again under %s", config.name, base)
             state.problem = None
         aspired = frozenset(config.version_policy.select(set(found)))
         self._warn_missing_specific(config, state, found)
-        return ScanResult(config.name, found, pending, None, aspired)
+        return ScanResult(config.name, found, pending, None, aspired, generations)
 
     def _classify(
         self, model: str, state: _ModelState, candidates: dict[int, Path]
@@ -169,6 +201,8 @@ class VersionScanner:
             if reason is None:
                 found[version] = path
                 continue
+            if version in state.found:  # changed in place: stays found while it settles again
+                found[version] = path
             pending[version] = reason
             key = f"pending:{version}:{reason.split(' (')[0]}"
             msg = "model %s: version %d not ready: %s"
@@ -203,7 +237,11 @@ class VersionScanner:
     def _check(self, model: str, state: _ModelState, version: int, path: Path) -> str | None:
         """None when `path` is a complete version, else why it is still pending."""
         if version in state.found:
-            return None
+            return self._recheck(model, state, version, path)
+        return self._settle(model, state, version, path)
+
+    def _settle(self, model: str, state: _ModelState, version: int, path: Path) -> str | None:
+        """None once `path` is complete and quiet (it is then found), else why it is pending."""
         if not any((path / name).is_file() for name in _SAVED_MODEL_FILES):
             state.settling.pop(version, None)
             return "no saved_model.pb"
@@ -222,13 +260,33 @@ class VersionScanner:
             return f"settling (changed {max(quiet, 0.0):.1f}s ago)"
         del state.settling[version]
         state.found.add(version)
+        state.stamps[version] = _stamp(path)
         logger.info("model %s: version %d is complete at %s", model, version, path)
         return None
+
+    def _recheck(self, model: str, state: _ModelState, version: int, path: Path) -> str | None:
+        """None while a found version is unchanged; once its files change in place, why it is
+        settling again, until it is complete and quiet and gets a new generation."""
+        if version not in state.revising:
+            if _stamp(path) == state.stamps.get(version):
+                return None
+            state.revising.add(version)
+            logger.info("model %s: version %d changed in place; settling again", model, version)
+        state.found.discard(version)  # _settle adds it back once the new files are complete
+        reason = self._settle(model, state, version, path)
+        if reason is None:
+            state.revising.discard(version)
+            state.generations[version] = state.generations.get(version, 0) + 1
+            return None
+        state.found.add(version)
+        return f"changed in place, {reason}"
 
     def _forget_gone(self, model: str, state: _ModelState, present: set[int]) -> None:
         for version in sorted(state.found - present):
             logger.info("model %s: version %d is no longer on disk", model, version)
             state.found.discard(version)
+            state.stamps.pop(version, None)
+        state.revising &= present
         for version in set(state.settling) - present:
             del state.settling[version]
 
@@ -238,13 +296,15 @@ class VersionScanner:
         state: _ModelState,
         base: Path,
         candidates: dict[int, Path],
+        *,
+        found: dict[int, Path],
         pending: dict[int, str],
     ) -> str | None:
         if not candidates:
             error = f"no versions found under {base}"
             self._problem(state, model, logging.ERROR, error + "; keeping what is loaded")
             return error
-        if len(pending) == len(candidates):
+        if not found:
             # Unloading the serving version while its successor is still being copied
             # would drop traffic, so "nothing complete yet" is treated like an empty listing.
             listing = ", ".join(f"{v}: {r}" for v, r in sorted(pending.items()))
@@ -368,7 +428,7 @@ class VersionSource:
             async with anyio.create_task_group() as tg:
                 for index, config in enumerate(models):
                     tg.start_soon(scan_one, index, config)
-            self._has_pending = any(r.pending for r in results)
+            self._has_pending = any(r.pending for r in results)  # revised versions included
             for result in results:
                 await self._on_scan(result)
             return results
