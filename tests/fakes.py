@@ -160,7 +160,7 @@ class Driver:
         self.configs: dict[str, ModelConfig] = {}
 
     def set_models(self, *configs: ModelConfig) -> None:
-        self.configs = {c.name: c for c in configs}
+        self.configs.update({c.name: c for c in configs})  # removed ones stay, for late scans
         self.registry.set_models(list(configs))
 
     async def offer(
