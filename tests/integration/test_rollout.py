@@ -1,0 +1,208 @@
+"""Rolling out versions over real HTTP against a real server: a signature change between versions
+(--signature_check, tensorflow/serving#197) and a broken version that must not hold up the good
+one published after it (issue 7, section 3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from app.publish import publish
+from tests.harness import ServerProcess
+from tests.integration.conftest import version_of
+
+# Two trainings of one model whose graph changed (the field report of tensorflow/serving#197):
+# v1 serving_default takes `x` (y = 2x); v2 takes `features` and adds an output `confidence`.
+MAKE_SIGNATURE_PAIR = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+
+class V1(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def serve(self, x):
+        return {"y": 2.0 * x}
+
+class V2(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="features")])
+    def serve(self, features):
+        return {"y": 3.0 * features, "confidence": tf.ones_like(features)}
+
+for version, cls in ((1, V1), (2, V2)):
+    m = cls()
+    tf.saved_model.save(m, f"{sys.argv[1]}/{version}", signatures={"serving_default": m.serve})
+"""
+
+
+@pytest.fixture(scope="session")
+def signature_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("signature_pair")
+    subprocess.run(
+        [sys.executable, "-c", MAKE_SIGNATURE_PAIR, str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+@contextmanager
+def serving(base: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `python -m app` serving model `m` from `base`; yields its URL; always stopped."""
+    s = ServerProcess(["--model_name=m", f"--model_base_path={base}", *flags], env=env)
+    try:
+        s.start(log)
+        yield s.url
+    finally:
+        if s.proc is not None:
+            s.stop()
+
+
+async def wait_settled(url: str, version: int, timeout: float = 60.0) -> dict[str, object]:
+    """Poll the status route until `version` is AVAILABLE or END; return its entry."""
+    with anyio.fail_after(timeout):
+        async with httpx.AsyncClient() as c:
+            while True:
+                r = await c.get(f"{url}/v1/models/m/versions/{version}")
+                if r.status_code == 200:
+                    entry: dict[str, object] = r.json()["model_version_status"][0]
+                    if entry["state"] in ("AVAILABLE", "END"):
+                        return entry
+                await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("flags", "called_v1", "served"),
+    [
+        pytest.param((), False, True, id="used-no-client-called-v1"),
+        pytest.param((), True, False, id="used-clients-called-v1"),
+        pytest.param(("--signature_check=off",), True, True, id="off"),
+        pytest.param(("--allow_incompatible_signatures",), True, True, id="deprecated-alias"),
+    ],
+)
+async def test_a_signature_change_swaps_unless_clients_call_what_changed(
+    tmp_path: Path, signature_pair: Path, flags: tuple[str, ...], called_v1: bool, served: bool
+) -> None:
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(signature_pair / "1", base, 1)
+    with serving(base, tmp_path / "server.log", *flags) as url:
+        if called_v1:
+            r = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"x": 1.0}]})
+            assert r.json() == {"predictions": [2.0]}
+        publish(signature_pair / "2", base, 2)
+        v2 = await wait_settled(url, 2)
+        new = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"features": 1.0}]})
+        old = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"x": 1.0}]})
+        if served:  # TF Serving's answer: v2 is the latest, v1 is unloaded
+            assert v2["state"] == "AVAILABLE"
+            assert (await wait_settled(url, 1))["state"] == "END"
+            assert new.json() == {"predictions": [{"confidence": 1.0, "y": 3.0}]}
+            assert old.status_code == 400
+            return
+        # Refused at once (default: 5 retries 60 s apart, none taken), and the status says why.
+        assert v2["state"] == "END"
+        assert v2["status"] == {
+            "error_code": "FAILED_PRECONDITION",
+            "error_message": "incompatible with serving version 1: signature 'serving_default' "
+            "lost input 'x', which clients called on version 1 (--signature_check=used; "
+            "--signature_check=off swaps anyway, as TF Serving does)",
+        }
+        assert old.json() == {"predictions": [2.0]}  # v1 keeps serving its clients
+        assert new.status_code == 400
+        log = (tmp_path / "server.log").read_text()
+        assert "version 2: END, refused: incompatible with serving version 1" in log
+        assert "retrying" not in log
+
+
+XS = [1.0, 2.0, 3.0]
+
+
+async def test_a_broken_version_never_holds_up_the_good_one_after_it(
+    tmp_path: Path, bias_versions: Path, record_property: pytest.RecordProperty
+) -> None:
+    """Publish a broken 9, then a good 10 two seconds later, under concurrent load, with TF
+    Serving's default retries (5, 60 s apart): 10 serves after its own load, without a failed
+    request. The timings go to the JUnit properties (and stdout with -s)."""
+    base = tmp_path / "hs"
+    base.mkdir()
+    publish(bias_versions / "8", base, 8)
+    failures: list[str] = []
+    answers: list[tuple[float, float, int]] = []  # (sent, received, version)
+    stop = anyio.Event()
+
+    async def client(c: httpx.AsyncClient, url: str) -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                r = await c.post(url, json={"instances": XS})
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+                continue
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text}")
+                continue
+            answers.append((sent, time.monotonic(), version_of(r.json()["predictions"], XS)))
+
+    with serving(base, tmp_path / "server.log", "--model_name=hs") as url:
+        predict = f"{url}/v1/models/hs:predict"
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=30) as c,
+            anyio.create_task_group() as tg,
+        ):
+            for _ in range(8):
+                tg.start_soon(client, c, predict)
+            await until_answered(answers, 8)
+            bad = base / ".staging-9"
+            (bad / "variables").mkdir(parents=True)
+            (bad / "saved_model.pb").write_bytes(b"\x08\x01garbage that is not a SavedModel")
+            os.rename(bad, base / "9")
+            broken_at = time.monotonic()
+            await wait_for_log(tmp_path / "server.log", "version 9: load attempt 1/6 failed")
+            await anyio.sleep_until(broken_at + 2.0)  # the scenario: 10 comes 2 s after 9
+            publish(bias_versions / "10", base, 10)
+            published = time.monotonic()
+            await until_answered(answers, 10)
+            await anyio.sleep(0.5)  # keep the load on through the swap's drain
+            stop.set()
+        status = httpx.get(f"{url}/v1/models/hs").json()
+    log = (tmp_path / "server.log").read_text()
+    assert failures == []
+    states = {int(e["version"]): e["state"] for e in status["model_version_status"]}
+    assert states == {10: "AVAILABLE", 9: "END", 8: "END"}
+    assert log.count("version 9: load attempt") == 1  # never retried: no longer aspired
+    assert "version 9: no longer aspired; retries cancelled" in log
+    first = min(received for sent, received, v in answers if v == 10)
+    assert all(v == 10 for sent, _, v in answers if sent > first)  # no flapping back
+    load = float(re.findall(r"version 10: AVAILABLE \(load\+warmup ([0-9.]+)s\)", log)[0])
+    to_serving = first - published
+    record_property("publish_to_serving_s", f"{to_serving:.3f}")
+    record_property("load_s", load)
+    record_property("overhead_s", f"{to_serving - load:.3f}")  # settle is 0: publish() keeps
+    print(  # mtimes, so the version is settled on its first scan
+        f"\nv10 publish->serving {to_serving:.3f}s = load+warmup {load:.3f}s"
+        f" + {to_serving - load:.3f}s; {len(answers)} answers, 0 failed"
+    )
+
+
+async def until_answered(answers: list[tuple[float, float, int]], version: int) -> None:
+    with anyio.fail_after(60):
+        while not any(v == version for _, _, v in answers):
+            await anyio.sleep(0.01)
+
+
+async def wait_for_log(log: Path, text: str) -> None:
+    with anyio.fail_after(30):
+        while text not in await anyio.Path(log).read_text():
+            await anyio.sleep(0.02)
