@@ -445,7 +445,7 @@ async def test_poll_zero_scans_once_and_on_set_models(tmp_path: Path, base: Path
     async with anyio.create_task_group() as tg:
         await tg.start(src.run)
         publish_outside(tmp_path, base, "2")
-        await anyio.sleep(0.3)
+        await anyio.sleep(0.3)  # an absence (no rescan without a trigger): nothing to poll for
         assert [r.aspired for r in rec.results] == [{1}]
         src.set_models([config(base)])
         await rec.wait_for(lambda r: r.aspired == {2}, within=3)

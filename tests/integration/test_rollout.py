@@ -17,7 +17,9 @@ import anyio
 import httpx
 import pytest
 
+from app.lifespan import load_options
 from app.publish import publish
+from app.settings import Settings
 from tests.harness import ServerProcess
 from tests.integration.conftest import version_of
 
@@ -206,3 +208,17 @@ async def wait_for_log(log: Path, text: str) -> None:
     with anyio.fail_after(30):
         while text not in await anyio.Path(log).read_text():
             await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "used"),
+        ({"signature_check": "all"}, "all"),
+        ({"signature_check": "off"}, "off"),
+        ({"allow_incompatible_signatures": True}, "off"),  # the deprecated alias
+        ({"signature_check": "all", "allow_incompatible_signatures": True}, "off"),
+    ],
+)
+def test_load_options_map_the_signature_flags(env: dict[str, object], expected: str) -> None:
+    assert load_options(Settings(**env)).signature_check == expected  # type: ignore[arg-type]
