@@ -28,51 +28,22 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
-from anyio import to_thread
 
-from app.core.batcher import Runner
 from app.core.priority import LoadPriority
-from app.core.servable import Loader, Servable
-from app.core.signatures import IncompatibleVersion, SignatureCheck, refusal
+from app.core.servable import Loader
+from app.core.signatures import IncompatibleVersion, refusal
 from app.core.source import ScanResult
 from app.core.types import ModelConfig, ServableId, Signature, VersionState, VersionStatus
+from app.core.versions import LoadOptions, ModelVersion, RunnerFactory, VersionWork
 from app.errors import HotserveError
 
+__all__ = ["LoadOptions", "ModelRoute", "ModelState", "ModelVersion", "RunnerFactory"]
+
 log = logging.getLogger(__name__)
-
-
-RunnerFactory = Callable[[ServableId, Servable, Path], Runner]
-
-
-@dataclass(eq=False)
-class ModelVersion:
-    """One loaded version: its servable, its runner (batcher or direct) and its refcount.
-
-    `used` holds the names of the signatures requests resolved on this version (the edge calls
-    `mark_used` once per request, on the loop thread); `--signature_check=used` protects them.
-    """
-
-    id: ServableId
-    path: Path
-    servable: Servable
-    runner: Runner
-    signatures: Mapping[str, Signature]
-    refcount: int = 0
-    idle: anyio.Event = field(default_factory=anyio.Event)
-    cache: dict[str, Any] = field(default_factory=dict)
-    used: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    def mark_used(self, signature: str) -> None:
-        """Record that a request called `signature` (a set add: ~40 ns on the request path)."""
-        self.used.add(signature)
 
 
 @dataclass(frozen=True)
@@ -82,19 +53,6 @@ class ModelRoute:
     versions: Mapping[int, ModelVersion]
     latest: ModelVersion | None
     labels: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    max_num_load_retries: int = 5
-    load_retry_interval_seconds: float = 60.0
-    enable_warmup: bool = True
-    warmup_iterations: int = 1
-    synthetic_warmup: bool = False
-    drain_timeout_seconds: float = 30.0
-    resource_preserving: bool = False
-    signature_check: SignatureCheck = "used"
-    load_thread_nice: int = 5
 
 
 @dataclass
@@ -130,13 +88,16 @@ class ModelState:
         previous: ModelState | None = None,
     ) -> None:
         self.config = config
-        self._loader = loader
-        self._runner_factory = runner_factory
-        self._limiter = load_limiter
         self._options = options
         self._publish = publish
-        self._release_memory = release_memory
-        self._priority = priority
+        self._work = VersionWork(
+            loader=loader,
+            runner_factory=runner_factory,
+            limiter=load_limiter,
+            options=options,
+            release_memory=release_memory,
+            priority=priority,
+        )
         self.statuses: dict[int, VersionStatus] = {}
         self._previous = previous
         self._inherited: dict[int, VersionStatus] = {}
@@ -325,20 +286,22 @@ class ModelState:
             log.info("model %s version %d: LOADING from %s", sid.name, version, path)
         started = time.monotonic()
         try:
-            mv = await self._load_once(sid, path)
+            mv = await self._work.load(
+                sid, path, lambda signatures: self._check_signatures(version, signatures)
+            )
         except Exception as exc:  # any failure of a load must leave serving untouched
             self._failed(version, attempts, exc, started)
             return
         if not self.active or version not in (self._aspired or ()):
             log.info("model %s version %d: no longer aspired after loading", sid.name, version)
             self._attempts.pop(version, None)
-            await self._release(mv, drained=True)
+            await self._work.release(mv, drained=True)
             self._set(version, VersionState.END)
             return
         try:  # again, synchronously with the swap: clients may have called a signature meanwhile
             self._check_signatures(version, mv.signatures)
         except IncompatibleVersion as exc:
-            await self._release(mv, drained=True)
+            await self._work.release(mv, drained=True)
             self._failed(version, attempts, exc, started)
             return
         self._attempts.pop(version, None)
@@ -364,8 +327,8 @@ class ModelState:
             log.error("model %s version %d: END, %s: %s", self.name, version, why, a.message)
             self._set(version, VersionState.END, a.code, a.message)
             a.gave_up = True
-            if not wanted:
-                del self._attempts[version]
+            if not wanted:  # a later re-publish starts over
+                self._attempts.pop(version, None)
             return
         interval = max(self._options.load_retry_interval_seconds, 0.0)
         a.retry_at = time.monotonic() + interval
@@ -378,26 +341,6 @@ class ModelState:
             time.monotonic() - started,
             a.message,
             interval,
-        )
-
-    async def _load_once(self, sid: ServableId, path: Path) -> ModelVersion:
-        servable = await to_thread.run_sync(
-            self._priority.call, self._loader.load, path, limiter=self._limiter
-        )
-        try:
-            self._check_signatures(sid.version, servable.signatures)  # before paying for warmup
-            records = await self._warm(servable)
-            runner = self._runner_factory(sid, servable, path)
-        except BaseException:
-            await to_thread.run_sync(servable.unload, limiter=self._limiter)
-            raise
-        log.info("model %s version %d: warmed up with %d records", sid.name, sid.version, records)
-        return ModelVersion(
-            id=sid,
-            path=path,
-            servable=servable,
-            runner=runner,
-            signatures=dict(servable.signatures),
         )
 
     def _replaces(self, version: int) -> ModelVersion | None:
@@ -428,31 +371,14 @@ class ModelState:
         if current is not None:
             mv.used.update(name for name in current.used if name in mv.signatures)
 
-    async def _warm(self, servable: Servable) -> int:
-        if not self._options.enable_warmup:
-            return 0
-        n = await to_thread.run_sync(
-            self._priority.call,
-            servable.warmup,
-            self._options.warmup_iterations,
-            limiter=self._limiter,
-        )
-        if n == 0 and self._options.synthetic_warmup:
-            synthetic = getattr(servable, "synthetic_warmup", None)
-            if synthetic is not None:
-                n = int(
-                    await to_thread.run_sync(self._priority.call, synthetic, limiter=self._limiter)
-                )
-        return int(n)
-
     async def _unload(self, version: int) -> None:
         mv = self.loaded.pop(version)
         self._set(version, VersionState.UNLOADING)
         self._publish()
         log.info("model %s version %d: UNLOADING (%d in flight)", mv.id.name, version, mv.refcount)
         started = time.monotonic()
-        drained = await self._drain(mv)
-        await self._release(mv, drained)
+        drained = await self._work.drain(mv)
+        await self._work.release(mv, drained)
         self._set(version, VersionState.END)
         log.info(
             "model %s version %d: END (drain+unload %.2fs)",
@@ -460,29 +386,6 @@ class ModelState:
             version,
             time.monotonic() - started,
         )
-
-    async def _drain(self, mv: ModelVersion) -> bool:
-        with anyio.move_on_after(self._options.drain_timeout_seconds):
-            while mv.refcount > 0:
-                await mv.idle.wait()
-        if mv.refcount > 0:
-            log.warning(
-                "model %s version %d: gave up waiting for %d in-flight requests after %.1fs; "
-                "it is released when they finish",
-                mv.id.name,
-                mv.id.version,
-                mv.refcount,
-                self._options.drain_timeout_seconds,
-            )
-            return False
-        return True
-
-    async def _release(self, mv: ModelVersion, drained: bool) -> None:
-        await mv.runner.close(timeout=self._options.drain_timeout_seconds)
-        if drained:
-            await to_thread.run_sync(mv.servable.unload, limiter=self._limiter)
-        mv.cache.clear()
-        await to_thread.run_sync(self._release_memory, limiter=self._limiter)
 
     async def shutdown(self, timeout: float) -> None:
         self.active = False

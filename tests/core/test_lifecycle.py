@@ -352,3 +352,16 @@ async def test_shutdown_unloads_everything_and_cancels_retries() -> None:
     assert sorted(e for e in loader.events if e.startswith("unload")) == ["unload 1", "unload 2"]
     assert d.registry.snapshot.models == {}
     assert loader.attempts["3"] == 1
+
+
+async def test_files_changed_during_a_failing_load_are_tried_at_once() -> None:
+    gate = threading.Event()
+    loader = ScriptedLoader(v1=Script(fail=1, gate=gate))
+    async with Driver(loader).running() as d:  # a plain retry would wait 60 s
+        d.set_models(model())
+        await d.offer("m", 1)
+        await until(lambda: loader.attempts["1"] == 1)
+        await d.offer("m", 1, generations={1: 1})  # fixed while the broken files were loading
+        gate.set()
+        await until(lambda: d.states("m") == {1: "AVAILABLE"})
+    assert loader.attempts["1"] == 2
