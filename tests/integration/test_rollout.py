@@ -20,7 +20,7 @@ import pytest
 from app.lifespan import load_options
 from app.publish import publish
 from app.settings import Settings
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, models_config
 from tests.integration.conftest import version_of
 
 # Two trainings of one model whose graph changed (the field report of tensorflow/serving#197):
@@ -59,9 +59,9 @@ def signature_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def serving(base: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A real `python -m app` serving model `m` from `base`; yields its URL; always stopped."""
-    s = ServerProcess(["--model_name=m", f"--model_base_path={base}", *flags], env=env)
+def serving(log: Path, *flags: str) -> Iterator[str]:
+    """A real `python -m app` with `flags`; yields its URL; always stopped."""
+    s = ServerProcess(flags)
     try:
         s.start(log)
         yield s.url
@@ -71,11 +71,11 @@ def serving(base: Path, log: Path, *flags: str, env: dict[str, str] | None = Non
 
 
 async def wait_settled(url: str, version: int, timeout: float = 60.0) -> dict[str, object]:
-    """Poll the status route until `version` is AVAILABLE or END; return its entry."""
+    """Poll the status route until `version` of `url`'s model is AVAILABLE or END."""
     with anyio.fail_after(timeout):
         async with httpx.AsyncClient() as c:
             while True:
-                r = await c.get(f"{url}/v1/models/m/versions/{version}")
+                r = await c.get(f"{url}/versions/{version}")
                 if r.status_code == 200:
                     entry: dict[str, object] = r.json()["model_version_status"][0]
                     if entry["state"] in ("AVAILABLE", "END"):
@@ -83,48 +83,73 @@ async def wait_settled(url: str, version: int, timeout: float = 60.0) -> dict[st
                 await anyio.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    ("flags", "called_v1", "served"),
-    [
-        pytest.param((), False, True, id="used-no-client-called-v1"),
-        pytest.param((), True, False, id="used-clients-called-v1"),
-        pytest.param(("--signature_check=off",), True, True, id="off"),
-        pytest.param(("--allow_incompatible_signatures",), True, True, id="deprecated-alias"),
-    ],
-)
-async def test_a_signature_change_swaps_unless_clients_call_what_changed(
-    tmp_path: Path, signature_pair: Path, flags: tuple[str, ...], called_v1: bool, served: bool
-) -> None:
-    base = tmp_path / "m"
+def post(url: str, instance: dict[str, float]) -> httpx.Response:
+    return httpx.post(f"{url}:predict", json={"instances": [instance]}, timeout=10)
+
+
+def with_v1(tmp_path: Path, pair: Path, name: str) -> Path:
+    base = tmp_path / name
     base.mkdir()
-    publish(signature_pair / "1", base, 1)
-    with serving(base, tmp_path / "server.log", *flags) as url:
-        if called_v1:
-            r = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"x": 1.0}]})
-            assert r.json() == {"predictions": [2.0]}
-        publish(signature_pair / "2", base, 2)
-        v2 = await wait_settled(url, 2)
-        new = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"features": 1.0}]})
-        old = httpx.post(f"{url}/v1/models/m:predict", json={"instances": [{"x": 1.0}]})
-        if served:  # TF Serving's answer: v2 is the latest, v1 is unloaded
-            assert v2["state"] == "AVAILABLE"
-            assert (await wait_settled(url, 1))["state"] == "END"
-            assert new.json() == {"predictions": [{"confidence": 1.0, "y": 3.0}]}
-            assert old.status_code == 400
-            return
-        # Refused at once (default: 5 retries 60 s apart, none taken), and the status says why.
-        assert v2["state"] == "END"
+    publish(pair / "1", base, 1)
+    return base
+
+
+async def swapped(model: str) -> None:
+    """TF Serving's answer: v2 is the latest, v1 is unloaded, v2's input format works."""
+    assert (await wait_settled(model, 2))["state"] == "AVAILABLE"
+    assert (await wait_settled(model, 1))["state"] == "END"
+    assert post(model, {"features": 1.0}).json() == {"predictions": [{"confidence": 1.0, "y": 3.0}]}
+    assert post(model, {"x": 1.0}).status_code == 400
+
+
+async def test_signature_check_used_protects_only_what_clients_called(
+    tmp_path: Path, signature_pair: Path
+) -> None:
+    """The field case of tensorflow/serving#197 under the default --signature_check=used: model
+    `quiet` had no request before v2 was published (served, as TF Serving does); clients called
+    `busy`'s serving_default with `x` (refused at once, reason in the status route and log)."""
+    bases = {name: str(with_v1(tmp_path, signature_pair, name)) for name in ("quiet", "busy")}
+    cfg = tmp_path / "models.config"
+    cfg.write_text(models_config(bases))
+    with serving(tmp_path / "server.log", f"--model_config_file={cfg}") as url:
+        quiet, busy = f"{url}/v1/models/quiet", f"{url}/v1/models/busy"
+        assert post(busy, {"x": 1.0}).json() == {"predictions": [2.0]}
+        for base in bases.values():
+            publish(signature_pair / "2", Path(base), 2)
+        await swapped(quiet)
+        v2 = await wait_settled(busy, 2)
+        assert v2["state"] == "END"  # at once: with 5 retries 60 s apart allowed, none taken
         assert v2["status"] == {
             "error_code": "FAILED_PRECONDITION",
             "error_message": "incompatible with serving version 1: signature 'serving_default' "
             "lost input 'x', which clients called on version 1 (--signature_check=used; "
             "--signature_check=off swaps anyway, as TF Serving does)",
         }
-        assert old.json() == {"predictions": [2.0]}  # v1 keeps serving its clients
-        assert new.status_code == 400
-        log = (tmp_path / "server.log").read_text()
-        assert "version 2: END, refused: incompatible with serving version 1" in log
-        assert "retrying" not in log
+        assert post(busy, {"x": 1.0}).json() == {"predictions": [2.0]}  # v1 keeps serving
+        assert post(busy, {"features": 1.0}).status_code == 400
+    log = (tmp_path / "server.log").read_text()
+    assert "model busy version 2: END, refused: incompatible with serving version 1" in log
+    assert "retrying" not in log
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--signature_check=off",
+        pytest.param("--allow_incompatible_signatures", marks=pytest.mark.slow),  # the alias
+    ],
+)
+async def test_signature_check_off_swaps_like_tf_serving(
+    tmp_path: Path, signature_pair: Path, flag: str
+) -> None:
+    base = with_v1(tmp_path, signature_pair, "m")
+    with serving(
+        tmp_path / "server.log", "--model_name=m", f"--model_base_path={base}", flag
+    ) as url:
+        model = f"{url}/v1/models/m"
+        assert post(model, {"x": 1.0}).json() == {"predictions": [2.0]}
+        publish(signature_pair / "2", base, 2)
+        await swapped(model)
 
 
 XS = [1.0, 2.0, 3.0]
@@ -156,7 +181,8 @@ async def test_a_broken_version_never_holds_up_the_good_one_after_it(
                 continue
             answers.append((sent, time.monotonic(), version_of(r.json()["predictions"], XS)))
 
-    with serving(base, tmp_path / "server.log", "--model_name=hs") as url:
+    flags = ("--model_name=hs", f"--model_base_path={base}")
+    with serving(tmp_path / "server.log", *flags) as url:
         predict = f"{url}/v1/models/hs:predict"
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
         async with (
