@@ -18,8 +18,8 @@ import numpy as np
 from app.core.batcher import DirectRunner
 from app.core.lifecycle import LoadOptions
 from app.core.registry import Registry
+from app.core.scanner import ScanResult
 from app.core.servable import Example
-from app.core.source import ScanResult
 from app.core.types import ModelConfig, Signature, TensorSpec, VersionPolicy, VersionStatus
 from app.errors import Internal, LoadError, NotFound
 

@@ -34,9 +34,9 @@ from pathlib import Path
 import anyio
 
 from app.core.priority import LoadPriority
+from app.core.scanner import ScanResult
 from app.core.servable import Loader
 from app.core.signatures import IncompatibleVersion, refusal
-from app.core.source import ScanResult
 from app.core.types import ModelConfig, ServableId, Signature, VersionState, VersionStatus
 from app.core.versions import LoadOptions, ModelVersion, RunnerFactory, VersionWork
 from app.errors import HotserveError

@@ -31,8 +31,8 @@ from app.core.lifecycle import (
     RunnerFactory,
 )
 from app.core.priority import LoadPriority
+from app.core.scanner import ScanResult
 from app.core.servable import Loader
-from app.core.source import ScanResult
 from app.core.types import ModelConfig, VersionStatus
 from app.errors import InvalidArgument, NotFound
 

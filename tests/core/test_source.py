@@ -12,7 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from app.core.source import ScanResult, VersionScanner, VersionSource, parse_version
+from app.core.scanner import ScanResult, VersionScanner, parse_version
+from app.core.source import VersionSource
 from app.core.types import ModelConfig, VersionPolicy
 
 NOW = 1_700_000_000.0
