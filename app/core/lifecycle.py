@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from app.core.priority import LoadPriority
 from app.core.scanner import ScanResult
@@ -102,6 +103,8 @@ class ModelState:
         self._previous = previous
         self._inherited: dict[int, VersionStatus] = {}
         self.loaded: dict[int, ModelVersion] = {}
+        self._unloading: set[ModelVersion] = set()  # out of the routes, draining
+        self._unloads: anyio.abc.TaskGroup | None = None  # run()'s, for background unloads
         self._attempts: dict[int, _Attempts] = {}
         self.active = True
         self._found: dict[int, Path] = {}
@@ -208,19 +211,27 @@ class ModelState:
     # ---- the reconciler -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile on every scan, config change or due retry; return once retired and empty."""
-        while True:
-            with anyio.move_on_after(self._next_retry_in()):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+        """Reconcile on every scan, config change or due retry; return once retired and empty.
+
+        A replaced version drains and unloads in a task of its own (availability preserving), so
+        a slow request still running on it never holds up the next load."""
+        async with anyio.create_task_group() as unloads:
+            self._unloads = unloads
             try:
-                await self._reconcile()
-            except Exception:
-                log.exception("model %s: reconcile failed", self.name)
-            if not self.active and not self.loaded:
-                self._publish()
-                self._stopped.set()
-                return
+                while True:
+                    with anyio.move_on_after(self._next_retry_in()):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    try:
+                        await self._reconcile()
+                    except Exception:
+                        log.exception("model %s: reconcile failed", self.name)
+                    if not self.active and not self.loaded:
+                        break
+            finally:
+                self._unloads = None
+        self._publish()
+        self._stopped.set()
 
     def _next_retry_in(self) -> float:
         """Seconds until the earliest retry of an aspired version is due (inf: none waits)."""
@@ -270,7 +281,11 @@ class ModelState:
             log.info("model %s: keeping %s until an aspired version is available", self.name, stale)
             return
         for v in stale:
-            await self._unload(v)
+            mv = self._begin_unload(v)
+            if self._unloads is None or self._options.resource_preserving:
+                await self._finish_unload(mv)  # the next load needs its memory
+            else:
+                self._unloads.start_soon(self._finish_unload, mv)
 
     def _set(self, version: int, state: VersionState, code: str = "OK", msg: str = "") -> None:
         self.statuses[version] = VersionStatus(version, state, code, msg)
@@ -371,15 +386,23 @@ class ModelState:
         if current is not None:
             mv.used.update(name for name in current.used if name in mv.signatures)
 
-    async def _unload(self, version: int) -> None:
+    def _begin_unload(self, version: int) -> ModelVersion:
+        """Take `version` out of the routes now (UNLOADING); `_finish_unload` drains it."""
         mv = self.loaded.pop(version)
+        self._unloading.add(mv)
         self._set(version, VersionState.UNLOADING)
         self._publish()
         log.info("model %s version %d: UNLOADING (%d in flight)", mv.id.name, version, mv.refcount)
+        return mv
+
+    async def _finish_unload(self, mv: ModelVersion) -> None:
         started = time.monotonic()
         drained = await self._work.drain(mv)
         await self._work.release(mv, drained)
-        self._set(version, VersionState.END)
+        self._unloading.discard(mv)
+        version = mv.id.version
+        if version not in self.loaded and version not in self._attempts:  # not loading anew
+            self._set(version, VersionState.END)
         log.info(
             "model %s version %d: END (drain+unload %.2fs)",
             mv.id.name,
@@ -388,8 +411,12 @@ class ModelState:
         )
 
     async def shutdown(self, timeout: float) -> None:
+        """Unload everything, including versions whose background drain the cancellation of
+        run() cut short (releasing twice is safe: runners and servables close idempotently)."""
         self.active = False
         self._aspired = frozenset()
         self._cancel_unaspired(frozenset())
         for v in sorted(self.loaded):
-            await self._unload(v)
+            self._begin_unload(v)
+        for mv in sorted(self._unloading, key=lambda m: m.id.version):
+            await self._finish_unload(mv)

@@ -84,6 +84,7 @@ class Registry:
         self._priority = LoadPriority(options.load_thread_nice)
         self._snapshot: Snapshot = EMPTY
         self._models: dict[str, ModelState] = {}
+        self._replaced: list[ModelState] = []  # retired states superseded by a new one
         self._tg: anyio.abc.TaskGroup | None = None
         self._run_done = anyio.Event()
 
@@ -166,6 +167,8 @@ class Registry:
         for name, cfg in wanted.items():
             model = self._models.get(name)
             if model is None or not model.active:
+                if model is not None:  # retired and added back: the old state may still drain
+                    self._replaced = [m for m in self._replaced if not m.stopped] + [model]
                 model = self._new_model(cfg, model)
                 self._models[name] = model
                 if self._tg is not None:
@@ -216,7 +219,7 @@ class Registry:
                 await self._run_done.wait()
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as tg:
-                for model in self._models.values():
+                for model in [*self._models.values(), *self._replaced]:
                     tg.start_soon(model.shutdown, timeout)
         if scope.cancelled_caught:
             log.warning("shutdown: gave up unloading after %.1fs", timeout)

@@ -327,6 +327,37 @@ async def test_drain_waits_for_requests_in_flight() -> None:
     assert "unload 1" in loader.events
 
 
+async def test_a_draining_version_never_holds_up_the_next_load() -> None:
+    loader = ScriptedLoader()
+    async with Driver(loader, drain_timeout_seconds=30).running() as d:
+        d.set_models(model())
+        await d.offer("m", 1)
+        await until(lambda: d.states("m") == {1: "AVAILABLE"})
+        with d.registry.acquire("m"):  # a slow request keeps 1 draining
+            await d.offer("m", 1, 2)
+            await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "UNLOADING"})
+            await d.offer("m", 1, 2, 3)
+            await until(lambda: d.states("m") == {3: "AVAILABLE", 2: "END", 1: "UNLOADING"})
+        await until(lambda: d.states("m") == {3: "AVAILABLE", 2: "END", 1: "END"})
+
+
+async def test_a_version_reloaded_while_its_old_copy_drains_keeps_its_new_status() -> None:
+    loader = ScriptedLoader()
+    async with Driver(loader).running() as d:
+        d.set_models(model())
+        await d.offer("m", 1)
+        await until(lambda: d.states("m") == {1: "AVAILABLE"})
+        with d.registry.acquire("m") as old:
+            await d.offer("m", 1, 2)
+            await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "UNLOADING"})
+            await d.offer("m", 1)  # rolled back while the old copy of 1 still drains
+            await until(lambda: d.states("m") == {2: "END", 1: "AVAILABLE"})
+        await until(lambda: loader.events.count("unload 1") == 1)  # the old copy is gone...
+        assert d.states("m") == {2: "END", 1: "AVAILABLE"}  # ...without marking 1 END
+        with d.registry.acquire("m") as new:
+            assert new is not old and new.id.version == 1
+
+
 async def test_drain_gives_up_after_its_timeout_and_leaves_the_servable_to_its_holders() -> None:
     loader = ScriptedLoader()
     async with Driver(loader, drain_timeout_seconds=0.1).running() as d:

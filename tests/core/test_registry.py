@@ -153,3 +153,18 @@ async def test_close_drains_unloads_and_empties_the_snapshot() -> None:
     unloads = sorted(e for e in loader.events if e.startswith("unload"))
     assert unloads == ["unload 1", "unload 1", "unload 2"]
     assert d.states("a") == {1: "END"} and d.states("b") == {2: "END", 1: "END"}
+
+
+async def test_close_also_unloads_a_removed_state_still_draining_after_a_re_add() -> None:
+    d = Driver(ScriptedLoader(), drain_timeout_seconds=0.2)
+    async with d.running():
+        d.set_models(model("a"))
+        await d.offer("a", 1)
+        await until(lambda: d.states("a") == {1: "AVAILABLE"})
+        lease = d.registry.acquire("a")
+        lease.__enter__()  # a request that outlives the removal, the re-add and the shutdown
+        d.set_models()
+        await until(lambda: d.states("a") == {1: "UNLOADING"})
+        d.set_models(model("a"))  # the new state has loaded nothing: the old one's 1 shows
+    lease.__exit__(None, None, None)
+    assert d.states("a") == {1: "END"}  # the shutdown reached the old state too
