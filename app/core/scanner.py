@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.core.layout import SAVED_MODEL_FILES, is_saved_model_dir
 from app.core.types import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 _VERSION_NAME = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1  # TF Serving parses version names as signed 64-bit integers
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def parse_version(name: str) -> int | None:
@@ -80,7 +80,7 @@ class _ModelState:
 
 
 _Stamp = tuple[tuple[int, int, int] | None, ...]
-_STAMPED = ("", "saved_model.pb", "saved_model.pbtxt", "variables", "variables/variables.index")
+_STAMPED = ("", *SAVED_MODEL_FILES, "variables", "variables/variables.index")
 
 
 def _stamp(path: Path) -> _Stamp:
@@ -231,7 +231,7 @@ class VersionScanner:
 
     def _settle(self, model: str, state: _ModelState, version: int, path: Path) -> str | None:
         """None once `path` is complete and quiet (it is then found), else why it is pending."""
-        if not any((path / name).is_file() for name in _SAVED_MODEL_FILES):
+        if not is_saved_model_dir(path):
             state.settling.pop(version, None)
             return "no saved_model.pb"
         if self.done_marker and not (path / self.done_marker).exists():
