@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from app.api import codec
 from app.api.errors import http_status
-from app.core.lifecycle import ModelVersion
 from app.core.types import Signature, VersionStatus
+from app.core.versions import ModelVersion
 from app.errors import (
     Cancelled,
     HotserveError,

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.core.lifecycle import ModelRoute, ModelVersion
+from app.core.lifecycle import ModelRoute
+from app.core.versions import ModelVersion
 from app.errors import InvalidArgument, NotFound
 
 

@@ -28,9 +28,9 @@ from typing import Any, Literal
 import anyio
 import numpy as np
 
-from app.core.lifecycle import ModelVersion
 from app.core.registry import Registry
 from app.core.types import Signature, VersionStatus
+from app.core.versions import ModelVersion
 from app.errors import DeadlineExceeded, InvalidArgument, Unimplemented
 from app.serving import checks
 from app.serving.types import Classification, ModelRef, Task
@@ -81,6 +81,7 @@ class Serving:
             raise checks.failed_precondition(f'Serving signature key "{key}" not found.')
         if self.method_name_check:
             checks.method_name(sig, api)
+        mv.mark_used(sig.name)  # --signature_check=used protects what clients call, on any edge
         return sig
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
@@ -185,6 +186,7 @@ class Serving:
                 raise InvalidArgument("Input tensor must be the same for all Signatures.")
             input_alias = tensor
             plan.append((task, sig, api))
+            mv.mark_used(sig.name)
         results: list[Classification | Array] = []
         for _task, sig, api in plan:
             if api == "classify":
