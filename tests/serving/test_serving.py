@@ -81,6 +81,7 @@ async def test_pin_predict_and_deadline_on_the_direct_path(tmp_path: Path) -> No
         x = np.array([1.0, 2.0], np.float32)
         with serving.pin(ModelRef("slow")) as mv:
             s = serving.signature(mv, "", "predict")
+            assert mv.used == {"serving_default"}  # --signature_check=used, whichever edge
             out = await serving.predict(mv, s, {"x": x}, None)
         assert out["y"].tolist() == [2.0, 4.0]
         with serving.pin(ModelRef("slow", version=1)) as mv:
