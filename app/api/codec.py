@@ -16,8 +16,6 @@ is what produces TF's exact error messages.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -48,6 +46,7 @@ from app.api.jsonfmt import (
     shape_text,
     tf_type_name,
 )
+from app.api.unescape import base64_unescape
 from app.core.servable import Example, Feature
 from app.core.types import Signature, TensorSpec
 from app.errors import HotserveError, InvalidArgument, Unimplemented
@@ -415,12 +414,10 @@ def _b64_decode(value: dict[str, Any]) -> bytes:
         raise InvalidArgument(
             f"JSON Value: {json_repr(value)} not formatted correctly for base64 data"
         )
-    text: str = value["b64"]
-    try:
-        # absl's Base64Unescape accepts missing padding; Python wants it.
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument("Unable to base64 decode") from None
+    decoded = base64_unescape(value["b64"])  # absl's rules, not Python's (see app.api.unescape)
+    if decoded is None:
+        raise InvalidArgument("Unable to base64 decode")
+    return decoded
 
 
 def _utf8(text: str) -> bytes:

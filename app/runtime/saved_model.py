@@ -36,47 +36,8 @@ from app.runtime import warmup as warmup_mod
 
 logger = logging.getLogger(__name__)
 
-# TensorFlow's canonical error codes, indexed by their numeric value (error_codes.proto).
-_CODE_NAMES = (
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
-
-# Run-time failures by code; OUT_OF_RANGE is a bad request too (TF Serving answers 400).
-_RUN_ERRORS: dict[str, type[errors.HotserveError]] = {
-    "CANCELLED": errors.Cancelled,
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "OUT_OF_RANGE": errors.InvalidArgument,
-    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
-    "NOT_FOUND": errors.NotFound,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "UNIMPLEMENTED": errors.Unimplemented,
-    "UNAVAILABLE": errors.Unavailable,
-}
-
 # Where TF appends the failing node and Python traces to an op's message.
 _MESSAGE_TAILS = ("\n\t [[", "\n\nOriginal stack trace", "\n\nDetected at node")
-
-
-def code_name(code: int) -> str:
-    """The canonical name of a numeric TF error code ("UNKNOWN" when out of range)."""
-    return _CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else "UNKNOWN"
 
 
 def op_error_message(exc: tf.errors.OpError) -> str:
@@ -271,7 +232,9 @@ def _run_error(exc: tf.errors.OpError) -> errors.HotserveError:
     if message.startswith("Unsupported object type"):
         # TF's INTERNAL for a non-bytes element in an object array: a bad request, not a bug.
         return errors.InvalidArgument(message)
-    return _RUN_ERRORS.get(code_name(exc.error_code), errors.Internal)(message)
+    # TF Serving hands the op's status to the client unchanged: keep its code (OUT_OF_RANGE,
+    # ABORTED, DATA_LOSS... each map to TF Serving's HTTP status in app.api.errors).
+    return errors.error_for(errors.code_name(exc.error_code), message)
 
 
 def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None:
@@ -362,7 +325,7 @@ def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
     try:
         return tf.compat.v1.saved_model.loader.load(session, tags, str(path))
     except tf.errors.OpError as exc:
-        raise fail(op_error_message(exc), code_name(exc.error_code)) from exc
+        raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:
         # After _check_layout these are unreadable files: corrupt proto, missing checkpoint.
         raise fail(str(exc), "DATA_LOSS") from exc
