@@ -23,7 +23,6 @@ from app.errors import (
     ConfigError,
     DeadlineExceeded,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     Unavailable,
 )
@@ -400,7 +399,9 @@ async def test_model_error_fails_only_its_batch() -> None:
         ({"y": np.zeros(5)}, "0th dimension does not equal"),
     ],
 )
-async def test_bad_outputs_fail_the_batch_as_failed_precondition(outputs: dict[str, Any], match: str) -> None:
+async def test_bad_outputs_fail_the_batch_as_failed_precondition(
+    outputs: dict[str, Any], match: str
+) -> None:
     batcher = Batcher(
         lambda s, i: dict(outputs), policy(max_batch_size=4), anyio.CapacityLimiter(1)
     )
