@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
 from app import errors
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
+from app.runtime import examples as examples_mod
 from app.runtime import warmup as warmup_mod
 
 logger = logging.getLogger(__name__)
@@ -202,12 +202,9 @@ class SavedModelServable:
     def serialize_examples(
         self, context: Example | None, examples: Sequence[Example]
     ) -> np.ndarray:
-        """Serialized tf.Example protos; context bytes are prepended (proto merge, example wins)."""
-        prefix = _to_example(context).SerializeToString() if context else b""
-        out = np.empty(len(examples), dtype=object)
-        for i, example in enumerate(examples):
-            out[i] = prefix + _to_example(example).SerializeToString()
-        return out
+        """Serialized tf.Example protos (see app.runtime.examples); any thread may call it."""
+        ctx = examples_mod.from_features(context) if context else None
+        return examples_mod.serialize(ctx, [examples_mod.from_features(e) for e in examples])
 
     def warmup(self, iterations: int) -> int:
         """Replay assets.extra/tf_serving_warmup_requests (see app.runtime.warmup)."""
@@ -246,25 +243,6 @@ def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None
             f"Request inputs do not match the inputs of signature {signature}. "
             f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
         )
-
-
-def _to_example(features: Example) -> Any:
-    example = example_pb2.Example()
-    feature_map = example.features.feature
-    try:
-        for name, (kind, values) in features.items():
-            feature = feature_map[name]
-            if kind == "float":
-                feature.float_list.value.extend(values)
-            elif kind == "int64":
-                feature.int64_list.value.extend(values)
-            elif kind == "bytes":
-                feature.bytes_list.value.extend(values)
-            else:
-                raise errors.InvalidArgument(f"Feature: {name} has unknown kind: {kind}")
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"Invalid feature value: {exc}") from None
-    return example
 
 
 class SavedModelLoader:

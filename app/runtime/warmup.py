@@ -22,6 +22,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from app import errors
 from app.core.types import Signature, TensorSpec
+from app.runtime import examples as examples_mod
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +122,11 @@ def _signature_name(request: Any) -> str:
 def _examples(request_input: Any, path: Path) -> np.ndarray:
     kind = request_input.WhichOneof("kind")
     if kind == "example_list":
-        prefix, examples = b"", request_input.example_list.examples
-    elif kind == "example_list_with_context":
+        return examples_mod.serialize(None, request_input.example_list.examples)
+    if kind == "example_list_with_context":
         with_context = request_input.example_list_with_context
-        prefix, examples = with_context.context.SerializeToString(), with_context.examples
-    else:
-        raise errors.LoadError(f"Warmup request has an empty input at {path}", "INVALID_ARGUMENT")
-    out = np.empty(len(examples), dtype=object)
-    for i, example in enumerate(examples):
-        out[i] = prefix + example.SerializeToString()
-    return out
+        return examples_mod.serialize(with_context.context, with_context.examples)
+    raise errors.LoadError(f"Warmup request has an empty input at {path}", "INVALID_ARGUMENT")
 
 
 def _run(servable: _Runnable, signature: str, inputs: dict[str, np.ndarray], what: str) -> None:
