@@ -120,7 +120,7 @@ class TFServingRest:
         observer: RequestObserver | None = None,
     ) -> None:
         self._registry = registry
-        self._opts = options
+        self.options = options
         self._observer = observer
         self._extra = CORS_HEADERS if options.cors else []
         self._decode_limiter: anyio.CapacityLimiter | None = None
@@ -176,7 +176,7 @@ class TFServingRest:
         return Reply(200 if ok else 400, b"")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self._opts.max_request_bytes
+        limit = self.options.max_request_bytes
         encoding = b""
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > limit:
@@ -202,7 +202,7 @@ class TFServingRest:
         return await self._cpu(self._big(body), _decompress, body, encoding, limit)
 
     def _big(self, body: bytes) -> bool:
-        return len(body) >= self._opts.offload_bytes
+        return len(body) >= self.options.offload_bytes
 
     async def _cpu(self, heavy: bool, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)`: inline unless `heavy`, then in a thread of the decode limiter.
@@ -212,11 +212,11 @@ class TFServingRest:
         if not heavy:
             return fn(*args)
         if self._decode_limiter is None:  # made on first use: it needs the running loop
-            self._decode_limiter = anyio.CapacityLimiter(max(self._opts.decode_threads, 1))
+            self._decode_limiter = anyio.CapacityLimiter(max(self.options.decode_threads, 1))
         return await to_thread.run_sync(fn, *args, limiter=self._decode_limiter)
 
     def _deadline(self, scope: Scope) -> float | None:
-        budget = self._opts.timeout_ms / 1000 if self._opts.timeout_ms > 0 else None
+        budget = self.options.timeout_ms / 1000 if self.options.timeout_ms > 0 else None
         for key, value in scope["headers"]:
             if key == TIMEOUT_HEADER:
                 try:
@@ -243,7 +243,7 @@ class TFServingRest:
                 )
             raise InvalidArgument(f"No signature was found with the name: {name}")
         expected = VERBS[verb]  # type: ignore[index]
-        if self._opts.method_name_check and sig.method_name != expected:
+        if self.options.method_name_check and sig.method_name != expected:
             raise InvalidArgument(
                 f"Expected {verb} signature method_name to be {expected}. Was: {sig.method_name}"
             )
@@ -268,7 +268,7 @@ class TFServingRest:
             sig = self._signature(mv, req.signature_name, "predict")
             inputs = await self._cpu(heavy, codec.to_tensors, req, sig)
             outputs = await self._run(mv, sig.name, inputs, deadline)
-        big_answer = _values(outputs.values()) >= self._opts.offload_elements
+        big_answer = _values(outputs.values()) >= self.options.offload_elements
         return await self._cpu(big_answer, codec.encode_predict, outputs, req.columnar)
 
     async def _examples(self, route: Route, body: bytes, deadline: float | None) -> bytes:
