@@ -160,8 +160,11 @@ class TFServingRest:
         method, raw = scope["method"], paths.raw_path(scope)
         if method == "OPTIONS":
             raise self._preflight(scope)
-        seen.model = paths.model_name_hint(raw) if method in ("GET", "POST") else ""
-        route = paths.parse(method, raw)
+        try:
+            route = paths.parse(method, raw)
+        except InvalidArgument:
+            seen.model = paths.model_name_hint(raw)  # TF Serving counts these under the model
+            raise
         seen.model, seen.api = route.name, route.kind if route.kind in VERBS else ""
         if route.kind == "metadata":
             return 200, self._metadata(route)
@@ -199,18 +202,19 @@ class TFServingRest:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not encoding or not body:
             return body
-        return await self._cpu(self._big(body), _decompress, body, encoding, limit)
+        if self._big(body):
+            return await self._offload(_decompress, body, encoding, limit)
+        return _decompress(body, encoding, limit)
 
     def _big(self, body: bytes) -> bool:
         return len(body) >= self.options.offload_bytes
 
-    async def _cpu(self, heavy: bool, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)`: inline unless `heavy`, then in a thread of the decode limiter.
-
-        In the thread, the work gives the loop back between its C calls (orjson, numpy,
-        protobuf) and every few ms of Python, so other requests go on meanwhile."""
-        if not heavy:
-            return fn(*args)
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a thread of the decode limiter, for the work of large requests (small
+        ones call `fn` inline: no coroutine, no thread hop). In the thread, the work gives the
+        loop back between its C calls (orjson, numpy, protobuf) and every few ms of Python, so
+        other requests go on meanwhile; a single C call (orjson over a whole body) still holds
+        the GIL for its duration."""
         if self._decode_limiter is None:  # made on first use: it needs the running loop
             self._decode_limiter = anyio.CapacityLimiter(max(self.options.decode_threads, 1))
         return await to_thread.run_sync(fn, *args, limiter=self._decode_limiter)
@@ -263,25 +267,37 @@ class TFServingRest:
     async def _predict(self, route: Route, body: bytes, deadline: float | None) -> bytes:
         heavy = self._big(body)
         # A malformed body is a 400 even for an unknown model: parse before resolving.
-        req = await self._cpu(heavy, _parse_predict, body)
+        req = await self._offload(_parse_predict, body) if heavy else _parse_predict(body)
         with self._registry().acquire(route.name, route.version, route.label) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
-            inputs = await self._cpu(heavy, codec.to_tensors, req, sig)
+            if heavy:
+                inputs = await self._offload(codec.to_tensors, req, sig)
+            else:
+                inputs = codec.to_tensors(req, sig)
             outputs = await self._run(mv, sig.name, inputs, deadline)
         big_answer = _values(outputs.values()) >= self.options.offload_elements
-        return await self._cpu(big_answer, codec.encode_predict, outputs, req.columnar)
+        if big_answer:
+            return await self._offload(codec.encode_predict, outputs, req.columnar)
+        return codec.encode_predict(outputs, req.columnar)
 
     async def _examples(self, route: Route, body: bytes, deadline: float | None) -> bytes:
         verb = route.kind
         heavy = self._big(body)
-        sig_name, context, examples = await self._cpu(heavy, _parse_examples, body, verb)
+        if heavy:
+            sig_name, context, examples = await self._offload(_parse_examples, body, verb)
+        else:
+            sig_name, context, examples = _parse_examples(body, verb)
         with self._registry().acquire(route.name, route.version, route.label) as mv:
             sig = self._signature(mv, sig_name, verb)
             if verb == "classify":
                 in_alias, classes, scores = codec.classify_io(sig)
             else:
                 in_alias, out_alias = codec.regress_io(sig)
-            serialized = await self._cpu(heavy, mv.servable.serialize_examples, context, examples)
+            serialize = mv.servable.serialize_examples
+            if heavy:
+                serialized = await self._offload(serialize, context, examples)
+            else:
+                serialized = serialize(context, examples)
             outputs = await self._run(mv, sig.name, {in_alias: serialized}, deadline)
         if verb == "classify":
             return codec.encode_classify(

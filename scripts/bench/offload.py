@@ -12,7 +12,10 @@ on the loop, as before), rounds interleaved, and measures:
    Large bodies: `numeric` = MLP rows (one orjson call + numpy), `examples` = a regress body
    with many tf.Examples (per-example Python work + protobuf serialization).
 
-Usage: .venv/bin/python scripts/bench/offload.py [--rounds 2] [--small 1500]
+With `--baseline DIR` (a checkout of the code before, e.g. `git worktree add /tmp/base main`),
+a third server runs from DIR, so "alone" also reports what small requests pay against it.
+
+Usage: .venv/bin/python scripts/bench/offload.py [--rounds 2] [--small 1500] [--baseline DIR]
 Server pinned to core 0, client to core 1 when the machine has two cores or more.
 """
 
@@ -39,7 +42,7 @@ import dataclasses, sys, uvicorn
 from app.main import create_app
 from app.settings import Settings
 app = create_app(Settings(model_repository=sys.argv[2]))
-if sys.argv[3] == "inline":
+if sys.argv[3] == "inline":  # every body decoded on the loop
     app.tf_serving_rest.options = dataclasses.replace(
         app.tf_serving_rest.options, offload_bytes=1 << 62, offload_elements=1 << 62)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
@@ -53,12 +56,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(mode: str) -> Iterator[int]:
+def server(mode: str, checkout: Path = REPO) -> Iterator[int]:
     port = free_port()
     cmd = [sys.executable, "-c", SERVER, str(port), str(REPO / "models"), mode]
     if (os.cpu_count() or 1) >= 2:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -161,14 +164,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--small", type=int, default=1500)
+    parser.add_argument("--baseline", type=Path, default=None)
     args = parser.parse_args()
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})
     bodies = big_bodies()
-    results: dict[str, list[dict[str, Any]]] = {"inline": [], "offload": []}
+    modes = ["inline", "offload"] + (["baseline"] if args.baseline else [])
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for r in range(args.rounds):
-        for mode in ("inline", "offload") if r % 2 == 0 else ("offload", "inline"):
-            with server(mode) as port:
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            checkout = args.baseline if mode == "baseline" else REPO
+            with server(mode, checkout) as port:
                 row: dict[str, Any] = {"alone": small_alone(port, args.small)}
                 for kind, (path, body) in bodies.items():
                     row[kind] = during_big(port, path, body)
@@ -193,14 +199,20 @@ def report(results: dict[str, list[dict[str, Any]]], bodies: dict[str, Any]) -> 
     ]
     print("\nsmall requests alone (MLP, 1 connection, sequential)")
     print("| mode | p50 ms | req/s |\n|---|---|---|")
-    for mode in ("inline", "offload"):
+    for mode in results:
         print(f"| {mode} | {med(mode, 'alone', 'p50_ms'):.3f} | {med(mode, 'alone', 'rps'):.0f} |")
     print(f"p50 offload / inline per round: {', '.join(f'{x:.3f}' for x in ratios)}")
+    if results.get("baseline"):
+        base = [
+            on["alone"]["p50_ms"] / old["alone"]["p50_ms"]
+            for on, old in zip(results["offload"], results["baseline"], strict=True)
+        ]
+        print(f"p50 offload / baseline per round: {', '.join(f'{x:.3f}' for x in base)}")
     print("\nsmall requests while one large request is in flight")
     print("| large body | mode | large s | small done meanwhile | small p50 ms | small max ms |")
     print("|---|---|---|---|---|---|")
     for kind, (_, body) in bodies.items():
-        for mode in ("inline", "offload"):
+        for mode in results:
             print(
                 f"| {kind} ({len(body) / 2**20:.1f} MiB) | {mode} | {med(mode, kind, 'big_s'):.2f} "
                 f"| {med(mode, kind, 'small_n'):.0f} | {med(mode, kind, 'small_p50_ms'):.2f} "
