@@ -31,12 +31,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from app.api.jsonpieces import loads_in_pieces
 from app.errors import InvalidArgument
 
 Array = npt.NDArray[Any]
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 FLOAT32_MAX = 3.4028234663852886e38
+PIECEWISE_BYTES = 4 << 20  # bodies from this size try `app.api.jsonpieces` first
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 
 _TABLE = "DT_FLOAT=f4 DT_DOUBLE=f8 DT_INT8=i1 DT_INT16=i2 DT_INT32=i4 DT_INT64=i8 DT_UINT8=u1 "
@@ -228,10 +230,13 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise InvalidArgument("JSON Parse error: The document is empty")
     skip = _bom_length(body)
     data = body[skip:] if skip else body
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        obj = _first_value(data, exc, skip)
+    # A large numeric body is parsed in pieces, so a thread parsing it lets others run.
+    obj = loads_in_pieces(data) if len(data) >= PIECEWISE_BYTES else None
+    if obj is None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            obj = _first_value(data, exc, skip)
     if type(obj) is not dict:
         raise InvalidArgument(f"JSON Value: {json_repr(obj)} Is not object")
     return JsonObject(obj, body)
