@@ -278,7 +278,7 @@ def _fast(value: Any, dtype: str, bools: bool) -> Array | None:
         return None
     target = NUMPY_DTYPES[dtype]
     try:
-        arr = np.asarray(value)
+        arr = _asarray(value)
     except (ValueError, TypeError, OverflowError):
         return None
     kind = arr.dtype.kind
@@ -299,6 +299,26 @@ def _fast(value: Any, dtype: str, bools: bool) -> Array | None:
         return arr
     with np.errstate(over="ignore"):  # out-of-range doubles become +-inf for float (spec 3.5)
         return arr.astype(target)
+
+
+_BLOCK_ROWS = 512
+
+
+def _asarray(value: Any) -> Array:
+    """`np.asarray(value)`, built from blocks of rows when `value` is a long list: one numpy call
+    holds the GIL for its whole run (~0.2 s for 3M floats), so a thread converting a large
+    request would stall the event loop that long. Any block that disagrees in dtype or row
+    shape sends the whole list to one call, so the result is always what numpy gives for it."""
+    if type(value) is not list or len(value) < 4 * _BLOCK_ROWS:
+        return np.asarray(value)
+    first = np.asarray(value[:_BLOCK_ROWS])
+    blocks = [first]
+    for i in range(_BLOCK_ROWS, len(value), _BLOCK_ROWS):
+        block = np.asarray(value[i : i + _BLOCK_ROWS])
+        if block.dtype != first.dtype or block.shape[1:] != first.shape[1:]:
+            return np.asarray(value)
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def _has_bool(value: Any, depth: int) -> bool:

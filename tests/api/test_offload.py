@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
+from app.api.codec import _asarray
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.main import create_app
@@ -137,3 +139,29 @@ def test_small_request_is_answered_while_a_big_one_is_decoded(tmp_path: Path) ->
     assert big_answer and big_answer[0].json() == {"outputs": [BIG_ROWS]}
     # The small request went through while the big one was still being decoded.
     assert loader.servable.small_was_answered_first is True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1.0] * 3000,
+        [[1, 2]] * 3000,
+        [[1, 2]] * 2000 + [[1.5, 2]] * 2000,  # dtype changes between blocks
+        [1] * 2047 + [2**63] + [1] * 2000,
+        [[1]] * 2100 + [[1, 2]] * 2000,  # ragged across blocks
+        [True] * 2048 + [1] * 2048,
+        ["a"] * 2048 + ["bb"] * 2048,
+        [[[]]] * 5000,
+    ],
+)
+def test_block_conversion_is_what_numpy_gives(value: list[Any]) -> None:
+    """Long lists become arrays block by block (GIL switch points); the result is numpy's."""
+    try:
+        whole = np.asarray(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _asarray(value)
+        return
+    blocks = _asarray(value)
+    assert blocks.dtype == whole.dtype and blocks.shape == whole.shape
+    assert (blocks == whole).all()
