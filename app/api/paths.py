@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from app.api.unescape import percent_unescape
 from app.errors import InvalidArgument
@@ -49,8 +48,7 @@ _V1_RE = re.compile(rb"/v1/", re.I)  # TF Serving's dispatcher: (?i)/v1/.*
 _VERB_OF: Mapping[bytes, Kind] = {verb.encode(): verb for verb in VERBS}
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """A parsed `/v1/models/...` request: what it asks of which model (name and label decoded)."""
 
     kind: Kind
