@@ -15,7 +15,7 @@ import pytest
 from app.main import create_app
 from app.settings import Settings
 from tests.fakes import POISON, SlowLoader
-from tests.harness import REPO, TESTDATA, ServerProcess, models_config, threaded_server
+from tests.harness import REPO, ServerProcess, models_config, threaded_server
 
 BATCHING = """
 max_batch_size { value: 16 }
@@ -53,16 +53,16 @@ def requests(n: int) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def servers(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, testdata: Path
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     tmp = tmp_path_factory.mktemp("batching")
     cfg = tmp / "models.config"
     cfg.write_text(
         models_config(
             {
-                "multi": str(TESTDATA / "conformance_multi_io"),
+                "multi": str(testdata / "conformance_multi_io"),
                 "mlp": str(REPO / "models" / "mlp"),
-                "hp2": str(TESTDATA / "saved_model_half_plus_two_cpu"),
+                "hp2": str(testdata / "saved_model_half_plus_two_cpu"),
             }
         )
     )

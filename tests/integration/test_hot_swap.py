@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.publish import publish
-from tests.harness import TESTDATA, ServerProcess
+from tests.harness import ServerProcess
 from tests.integration.conftest import version_of
 
 XS = [1.0, 2.0, 3.0]
@@ -186,11 +186,11 @@ async def test_deleting_every_version_keeps_serving(srv: ServerProcess, base: Pa
 
 @pytest.mark.parametrize("allow", [False, True])
 async def test_incompatible_signatures_fail_the_load_unless_allowed(
-    tmp_path: Path, allow: bool
+    tmp_path: Path, testdata: Path, allow: bool
 ) -> None:
     # TF Serving's own pair: version 2 (half_plus_three) lacks version 1's regress/classify
     # signatures, which existing clients of version 1 may call.
-    pair = TESTDATA / "half_plus_two_then_three"
+    pair = testdata / "half_plus_two_then_three"
     base = tmp_path / "pair"
     base.mkdir()
     publish(pair / "1", base, 1)
