@@ -45,5 +45,7 @@ def test_error_for_keeps_the_code(code: Code, cls: type[errors.HotserveError], s
 
 
 def test_load_error_takes_a_code_by_name() -> None:
-    assert errors.LoadError("x", "DATA_LOSS").code is Code.DATA_LOSS
+    assert errors.LoadError("x", "DATA_LOSS").code is Code.DATA_LOSS  # names are checked
+    with pytest.raises(ValueError):
+        errors.LoadError("x", "NO_SUCH_CODE")
     assert errors.ConfigError("x").code == "INVALID_ARGUMENT"

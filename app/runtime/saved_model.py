@@ -291,14 +291,14 @@ def _check_layout(path: Path) -> None:
     if proto is None:
         raise errors.LoadError(
             f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
-            "NOT_FOUND",
+            errors.Code.NOT_FOUND,
         )
     if proto.name == "saved_model.pb" and proto.stat().st_size == 0:
-        raise errors.LoadError(f"SavedModel file is empty: {proto}", "DATA_LOSS")
+        raise errors.LoadError(f"SavedModel file is empty: {proto}", errors.Code.DATA_LOSS)
 
 
 def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
-    def fail(detail: str, code: str) -> errors.LoadError:
+    def fail(detail: str, code: errors.Code) -> errors.LoadError:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
 
     try:
@@ -307,9 +307,11 @@ def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
         raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:
         # After _check_layout these are unreadable files: corrupt proto, missing checkpoint.
-        raise fail(str(exc), "DATA_LOSS") from exc
+        raise fail(str(exc), errors.Code.DATA_LOSS) from exc
     except RuntimeError as exc:
-        code = "NOT_FOUND" if "could not be found in SavedModel" in str(exc) else "UNKNOWN"
+        code = errors.Code.NOT_FOUND
+        if "could not be found in SavedModel" not in str(exc):
+            code = errors.Code.UNKNOWN
         raise fail(str(exc), code) from exc
     except Exception as exc:
-        raise fail(f"{type(exc).__name__}: {exc}", "UNKNOWN") from exc
+        raise fail(f"{type(exc).__name__}: {exc}", errors.Code.UNKNOWN) from exc

@@ -76,16 +76,16 @@ def _read_logs(path: Path) -> list[Any]:
                 break
     except tf.errors.OpError as exc:
         raise errors.LoadError(
-            f"Failed to read warmup file {path}: {exc.message}", "DATA_LOSS"
+            f"Failed to read warmup file {path}: {exc.message}", errors.Code.DATA_LOSS
         ) from None
     except DecodeError as exc:
         raise errors.LoadError(
-            f"Failed to parse warmup record {len(logs)} at {path}: {exc}", "DATA_LOSS"
+            f"Failed to parse warmup record {len(logs)} at {path}: {exc}", errors.Code.DATA_LOSS
         ) from None
     if len(logs) > MAX_WARMUP_RECORDS:
         raise errors.LoadError(
             f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
-            "INVALID_ARGUMENT",
+            errors.Code.INVALID_ARGUMENT,
         )
     return logs
 
@@ -98,7 +98,7 @@ def _requests(log: Any, path: Path) -> _Requests:
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         except (TypeError, ValueError) as exc:
             raise errors.LoadError(
-                f"Bad tensor in warmup request at {path}: {exc}", "INVALID_ARGUMENT"
+                f"Bad tensor in warmup request at {path}: {exc}", errors.Code.INVALID_ARGUMENT
             ) from None
         return [(_signature_name(request), inputs)]
     if kind in ("classify_log", "regress_log"):
@@ -110,9 +110,11 @@ def _requests(log: Any, path: Path) -> _Requests:
         return [(_signature_name(task), {"inputs": examples}) for task in request.tasks]
     if kind in ("predict_streamed_log", "session_run_log"):
         raise errors.LoadError(
-            f"Unsupported log_type for warmup: {kind} at {path}", "UNIMPLEMENTED"
+            f"Unsupported log_type for warmup: {kind} at {path}", errors.Code.UNIMPLEMENTED
         )
-    raise errors.LoadError(f"Warmup record without a log_type at {path}", "INVALID_ARGUMENT")
+    raise errors.LoadError(
+        f"Warmup record without a log_type at {path}", errors.Code.INVALID_ARGUMENT
+    )
 
 
 def _signature_name(request: Any) -> str:
@@ -126,7 +128,9 @@ def _examples(request_input: Any, path: Path) -> np.ndarray:
     if kind == "example_list_with_context":
         with_context = request_input.example_list_with_context
         return examples_mod.serialize(with_context.context, with_context.examples)
-    raise errors.LoadError(f"Warmup request has an empty input at {path}", "INVALID_ARGUMENT")
+    raise errors.LoadError(
+        f"Warmup request has an empty input at {path}", errors.Code.INVALID_ARGUMENT
+    )
 
 
 def _run(servable: _Runnable, signature: str, inputs: dict[str, np.ndarray], what: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.harness import REPO, ServerProcess, models_config
 
 BLOB = bytes(range(100))
@@ -44,16 +45,9 @@ def build_models(root: Path) -> dict[str, Path]:
     return {key: root / key for key in names}
 
 
-@contextlib.contextmanager
-def serve(args: list[str], log: Path) -> Iterator[ServerProcess]:
-    """A real server, stopped on every path (also when it never became ready)."""
-    proc = ServerProcess(args)
-    try:
-        proc.start(log, ready_timeout=120)
-        yield proc
-    finally:
-        if proc.proc is not None:
-            proc.stop()
+def serve(args: list[str], log: Path) -> contextlib.AbstractContextManager[ServerProcess]:
+    """A real server, stopped on every path (the harness owns the process from the start)."""
+    return harness.server(args, log, ready_timeout=120)
 
 
 @pytest.fixture(scope="module")
