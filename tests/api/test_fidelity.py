@@ -222,6 +222,12 @@ def test_json_text_read_like_rapidjson(server: str) -> None:
     for body in accepted:
         status, _, out = call(server, "POST", url, body)
         assert ok_json(status, out) == {"predictions": [3.0]}, body
+    # TF Serving ignores Content-Type: curl -d sends a form type, others text/plain or none.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "application/json"):
+        status, _, out = call(
+            server, "POST", url, b'{"instances": [2.0]}', {"Content-Type": content_type}
+        )
+        assert ok_json(status, out) == {"predictions": [3.0]}, content_type
     refused = {
         b'{"instances": [2.0],}': "Missing a name for object member.",  # no trailing commas
         b'{"instances": /* c */ [2.0]}': "Invalid value.",  # no comments
@@ -309,3 +315,12 @@ def test_not_batch_major_outputs_are_failed_precondition_with_batching(
             "Batched output tensor's 0th dimension does not equal the sum of the 0th "
             "dimension sizes of the input tensors"
         )
+
+
+def test_head_is_a_malformed_request_with_the_length_of_its_body(server: str) -> None:
+    status, headers, out = call(server, "HEAD", DEBUG)
+    assert status == 400 and out == b""  # TF Serving: only GET and POST have routes
+    expected = json.dumps({"error": f"Malformed request: HEAD {DEBUG}"}, separators=(",", ":"))
+    assert headers.get("Content-Length") == str(len(expected))
+    status, _, out = call(server, "GET", DEBUG)  # the server is still fine afterwards
+    assert status == 200
