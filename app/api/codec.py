@@ -4,14 +4,15 @@ classify/regress. JSON text itself (`parse_body`, the `encode_*` functions) live
 `app.api.jsonfmt` and is re-exported here, so routes need only this module. No I/O and no shared
 state: any thread may call these functions.
 
-Messages and status codes follow TF Serving's `util/json_tensor.cc`. Deviations (besides those
-listed in `app.api.jsonfmt`, e.g. trailing garbage after the body is rejected here while TF
-Serving ignores it): a feature given as `[]` becomes an empty float list (TF leaves its kind
+Messages and status codes follow TF Serving's `util/json_tensor.cc`; `{"b64": ...}` values are
+decoded with absl's rules (`app.api.unescape`). Deviations (besides those listed in
+`app.api.jsonfmt`): a feature given as `[]` becomes an empty float list (TF leaves its kind
 unset).
 
-Performance: the common request (instances of numeric lists) is converted with one numpy call;
-the per-element walk runs only when numpy cannot build a regular array of the right kind, and it
-is what produces TF's exact error messages.
+Performance: the common request (instances of numeric lists) is converted with numpy (one call,
+or one per block of 512 rows for long lists, so a worker thread converting a large request
+gives the GIL back between blocks); the per-element walk runs only when numpy cannot build a
+regular array of the right kind, and it is what produces TF's exact error messages.
 """
 
 from __future__ import annotations
