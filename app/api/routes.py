@@ -15,7 +15,8 @@ is released before encoding.
 Threads: everything runs on the event loop except CPU-heavy work of large requests. A body of at
 least `RestOptions.offload_bytes` is parsed, turned into tensors (or serialized tf.Examples) in a
 worker thread of the `decode` limiter, and outputs of at least `offload_elements` values are
-encoded there too, so one large request does not stall every other client. Small requests stay
+encoded there too, so one large request does not stall every other client. Compressed bodies
+are always inflated there (their size says little about the work). Small requests stay
 inline: a thread hop costs more than their whole decode (scripts/bench/offload.py measures both).
 """
 
@@ -200,11 +201,11 @@ class TFServingRest:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if not encoding or not body:
+        if not encoding or not body or not (b"gzip" in encoding or b"deflate" in encoding):
             return body
-        if self._big(body):
-            return await self._offload(_decompress, body, encoding, limit)
-        return _decompress(body, encoding, limit)
+        # Always in the thread: deflate expands up to ~1000:1, so a small compressed body can
+        # still be megabytes of work.
+        return await self._offload(_decompress, body, encoding, limit)
 
     def _big(self, body: bytes) -> bool:
         return len(body) >= self.options.offload_bytes
