@@ -82,6 +82,8 @@ class RestOptions:
     offload_bytes: int = 64 * 1024
     # Outputs of at least this many values are encoded in a worker thread.
     offload_elements: int = 16 * 1024
+    # Classify/regress requests with at least this many tf.Examples build them in the thread.
+    offload_examples: int = 1024
     # How many large requests may decode/encode at once (the `decode` limiter).
     decode_threads: int = 2
 
@@ -295,7 +297,7 @@ class TFServingRest:
             else:
                 in_alias, out_alias = codec.regress_io(sig)
             serialize = mv.servable.serialize_examples
-            if heavy:
+            if heavy or len(examples) >= self.options.offload_examples:
                 serialized = await self._offload(serialize, context, examples)
             else:
                 serialized = serialize(context, examples)

@@ -44,7 +44,8 @@ from app.settings import Settings
 app = create_app(Settings(model_repository=sys.argv[2]))
 if sys.argv[3] == "inline":  # every body decoded on the loop
     app.tf_serving_rest.options = dataclasses.replace(
-        app.tf_serving_rest.options, offload_bytes=1 << 62, offload_elements=1 << 62)
+        app.tf_serving_rest.options, offload_bytes=1 << 62, offload_elements=1 << 62,
+        offload_examples=1 << 62)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
