@@ -254,6 +254,7 @@ class TFServingRest:
             raise InvalidArgument(
                 f"Expected {verb} signature method_name to be {expected}. Was: {sig.method_name}"
             )
+        mv.mark_used(sig.name)  # --signature_check=used protects what clients call
         return sig
 
     async def _run(
