@@ -10,9 +10,14 @@ module, which returns named numpy outputs or raises a domain error (`app.errors`
 - the signature lookup and the method-name check, with TF Serving's codes and messages for each
   API (predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc);
 - running through the version's runner (batcher or direct) under the request deadline: expired
-  work never reaches the model (the batcher drops it; the direct path is cancelled at the
-  deadline and answers DEADLINE_EXCEEDED);
+  work never reaches the model (the batcher drops it from its queue; the direct path stops
+  waiting for an inference thread at the deadline); a model call already running finishes, as
+  in TF Serving, and the request answers DEADLINE_EXCEEDED if it outlived its deadline;
 - output filtering, and the checks TF Serving applies to classify/regress results.
+
+Each edge times its whole request (decoding included) and reports it to the metrics observer
+with its entrypoint label ("REST" / "GRPC"); the serving layer does not, so neither edge pays
+for a second clock.
 
 Threading: every function runs on the event-loop thread; model calls go to the runner's
 inference limiter. Nothing here knows JSON, protobuf, HTTP or gRPC.
