@@ -11,8 +11,8 @@ module, which returns named numpy outputs or raises a domain error (`app.errors`
   API (predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc);
 - running through the version's runner (batcher or direct) under the request deadline: expired
   work never reaches the model (the batcher drops it from its queue; the direct path stops
-  waiting for an inference thread at the deadline); a model call already running finishes, as
-  in TF Serving, and the request answers DEADLINE_EXCEEDED if it outlived its deadline;
+  waiting for an inference thread at the deadline); a model call already running is not
+  interrupted (as in TF Serving) and its answer is sent;
 - output filtering, and the checks TF Serving applies to classify/regress results.
 
 Each edge times its whole request (decoding included) and reports it to the metrics observer
