@@ -188,5 +188,7 @@ def test_swaps_under_load_give_memory_back(policy: str, big_model: Path, tmp_pat
             proc.stop()
     growth = [a / one_version - 1 for a in after]
     assert all(g <= TOLERANCE for g in growth), (one_version, after, proc.log()[-2000:])
-    assert traffic.failures == []
     assert traffic.ok > 0
+    if policy == "availability_preserving":
+        assert traffic.failures == []
+    # resource_preserving unloads first, as in TF Serving: requests in the gap get a 404.
