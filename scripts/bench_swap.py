@@ -13,7 +13,8 @@ latency and status by bench_swap/lua/record.lua). Then:
 1. steady window (--steady s, after a 2 s warm-up): steady p50/p99;
 2. --cycles swaps: app.publish.publish() of version k+1, wait until the status route shows it
    AVAILABLE and version k END; requests sent from publish() to END + 0.5 s are the swap
-   window's; RSS of the server after every swap;
+   window's; RSS of the server before the first publish (one version loaded) and after every
+   swap;
 3. publish-to-serving: publish() returning -> status route showing AVAILABLE, minus the load+warmup
    time the server logged for that version;
 4. a second server without file events (--watch_file_events=false) and
@@ -147,6 +148,7 @@ def measure(
             time.sleep(WARMUP_S)
             steady = (time.monotonic(), time.monotonic() + args.steady)
             time.sleep(args.steady)
+        one_version = server.memory_kib()  # the baseline: one version, warmed, under load
         done = [swap(server, poller, base, v) for v in range(2, cycles + 2)]
         summary = load.stop()
     finally:
@@ -160,6 +162,7 @@ def measure(
         c.old_times = times.get(c.version - 1, c.old_times)
     phase = report.Phase(events, args.poll_seconds, done, load.requests(), summary, steady)
     phase.polls = poller.polls
+    phase.one_version_kib = one_version
     return phase
 
 

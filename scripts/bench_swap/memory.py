@@ -57,6 +57,12 @@ class MemoryRun:
         return max((self.growth(i) for i in range(len(self.after))), default=0.0)
 
     @property
+    def worst_mib(self) -> float:
+        """The largest RSS after a swap minus the one-version RSS, MiB."""
+        top = max((m.get("VmRSS", 0) for m in self.after), default=0)
+        return (top - self.baseline.get("VmRSS", 0)) / 1024 if self.after else 0.0
+
+    @property
     def passed(self) -> bool:
         """The memory target only: resource_preserving fails requests by design (no version is
         served between the unload and the load), so failures are reported, not judged, here."""
@@ -131,7 +137,8 @@ def table(runs: list[MemoryRun]) -> list[str]:
             else:
                 cells.append("n/a")
         verdict = "PASS" if r.passed else "FAIL"
-        cells += [f"{r.worst:+.1%}", verdict, f"{r.failures} of {r.requests}"]
+        cells += [f"{r.worst:+.1%} ({r.worst_mib:+.0f} MiB)", verdict]
+        cells.append(f"{r.failures} of {r.requests}")
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
