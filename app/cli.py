@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.errors import ConfigError
+from app.logs import configure_logging
 from app.settings import COMPAT_ONLY_FLAGS, HOTSERVE_FLAGS, TF_SERVING_FLAGS, Settings
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 USAGE = "usage: hotserve [--flag=value ...]  (hotserve --help lists every flag)\n"
 _FLAGS = frozenset(TF_SERVING_FLAGS + HOTSERVE_FLAGS)
 _BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
-_LOG_LEVELS = {
-    "critical": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warning": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-    "trace": 5,  # uvicorn's TRACE level
-}
+NO_EFFECT_NOTE = "Accepted for compatibility; no effect in hotserve."
 
 
 class UsageError(ValueError):
@@ -118,6 +112,14 @@ def build_settings(flags: ParsedFlags) -> Settings:
     return settings
 
 
+ENVIRONMENT_NOTES = (
+    "Every flag can also be set in the environment as HOTSERVE_<FLAG>"
+    " (e.g. HOTSERVE_REST_API_PORT=9000).",
+    "MODEL_NAME and MODEL_BASE_PATH are read as in the TF Serving docker image:"
+    " the model $MODEL_BASE_PATH/$MODEL_NAME is served when no model flag is given.",
+)
+
+
 def format_help() -> str:
     """Every flag with its default and description: TF Serving's, then hotserve's."""
     defaults = Settings.model_construct()  # the defaults, without reading the environment
@@ -129,12 +131,25 @@ def format_help() -> str:
         "",
         "Flags accepted for compatibility only (no effect): "
         + ", ".join(f"--{name}" for name in TF_SERVING_FLAGS if name in COMPAT_ONLY_FLAGS),
-        "Every flag can also be set in the environment as HOTSERVE_<FLAG>"
-        " (e.g. HOTSERVE_REST_API_PORT=9000).",
-        "MODEL_NAME and MODEL_BASE_PATH are read as in the TF Serving docker image:"
-        " the model $MODEL_BASE_PATH/$MODEL_NAME is served when no model flag is given.",
+        *ENVIRONMENT_NOTES,
+        "The same server without this command line: uvicorn --factory app.main:create_app"
+        " (settings from the environment only; host and port are uvicorn's flags).",
         "",
     ]
+    return "\n".join(lines)
+
+
+def format_markdown() -> str:
+    """The README's flag tables (between its `flags:begin`/`flags:end` markers), from the same
+    fields as `--help`. Machine-dependent defaults show their factory's docstring."""
+    lines: list[str] = []
+    for title, names in (
+        ("TensorFlow Serving flags (`tensorflow_model_server`)", TF_SERVING_FLAGS),
+        ("hotserve's own flags", HOTSERVE_FLAGS),
+    ):
+        lines += [f"**{title}**", "", "| flag | type | default | what |", "|---|---|---|---|"]
+        lines += [_markdown_row(name) for name in names]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -145,10 +160,9 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
         from app.publish import main as publish_main
 
         return publish_main(args[1:])
-    # Provisional, so that notes logged while the settings are built are shown.
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Provisional, so that notes logged while the settings are built are shown; create_app
+    # applies --log_level with the same handler.
+    configure_logging("info")
     try:
         flags = parse_flags(args)
     except UsageError as exc:
@@ -170,21 +184,27 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
-    logging.getLogger().setLevel(_LOG_LEVELS[settings.log_level])
+    configure_logging(settings.log_level)
     return (serve or _serve_with_uvicorn)(settings)
 
 
 def _serve_with_uvicorn(settings: Settings) -> int:
-    """Serve until a shutdown signal; 255 if the app failed to start (e.g. a model load).
+    """Serve until a shutdown signal; 255 if the app could not be built (a bad monitoring
+    config) or failed to start (e.g. an unreadable models.config).
 
     After SIGTERM uvicorn re-raises the signal, so the process ends as killed by it (143).
     """
-    # Imported here, not at the top: app.main pulls in the whole application and TensorFlow,
-    # which --help, --version and flag errors do not need.
+    # Imported here, not at the top: app.main pulls in the whole application, which --help,
+    # --version and flag errors do not need. Importing it builds nothing.
     from app.main import create_app
 
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
+        return EXIT_FAILURE
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.rest_api_port,
         log_level=settings.log_level,
@@ -221,8 +241,23 @@ def _parse_bool(name: str, value: str) -> bool:
 def _describe(name: str, defaults: Settings) -> str:
     info = Settings.model_fields[name]
     return f"  --{name}={_show(getattr(defaults, name))}  ({_type_name(info.annotation)})\n" + (
-        f"        {info.description}"
+        f"        {_description(name)}"
     )
+
+
+def _description(name: str) -> str:
+    text = str(Settings.model_fields[name].description)
+    return f"{text}. {NO_EFFECT_NOTE}" if name in COMPAT_ONLY_FLAGS else text
+
+
+def _markdown_row(name: str) -> str:
+    info = Settings.model_fields[name]
+    if info.default_factory is not None:
+        default = (info.default_factory.__doc__ or "computed").strip()
+    else:
+        default = f"`{_show(info.default)}`"
+    cells = (f"`--{name}`", _type_name(info.annotation), default, _description(name))
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def _show(value: object) -> str:

@@ -14,7 +14,6 @@ Serving has one. Pure functions except the `read_*` ones, which read one file; n
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from google.protobuf import (
 from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
+from app.core.batch_policy import validate_batch_policy
 from app.core.types import BatchPolicy, ModelConfig, VersionPolicy
 from app.errors import ConfigError
 from app.settings import Settings, schedulable_cpus
@@ -228,7 +228,7 @@ def parse_batching_parameters(text: str) -> BatchPolicy:
         max_execution_batch_size=wrapped("max_execution_batch_size", None),
         thread_pool_name=wrapped("thread_pool_name", defaults.thread_pool_name),
     )
-    _validate_batch_policy(policy)
+    validate_batch_policy(policy)
     return policy
 
 
@@ -250,58 +250,14 @@ def default_batch_policy() -> BatchPolicy:
 
 
 def batch_policy_for(settings: Settings) -> BatchPolicy | None:
-    """The global batching policy, or None when batching is off."""
+    """The global batching policy (the one place it is built), or None when batching is off.
+
+    Raises `ConfigError` for an unreadable or invalid `--batching_parameters_file`."""
     if not settings.enable_batching:
         return None
     if settings.batching_parameters_file:
         return read_batching_parameters(settings.batching_parameters_file)
     return default_batch_policy()
-
-
-def _validate_batch_policy(policy: BatchPolicy) -> None:
-    for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-        if getattr(policy, name) <= 0:
-            raise ConfigError(f"{name} must be positive; was {getattr(policy, name)}")
-    if policy.batch_timeout_micros < 0:
-        raise ConfigError(
-            f"batch_timeout_micros must be non-negative; was {policy.batch_timeout_micros}"
-        )
-    sizes = policy.allowed_batch_sizes
-    if any(size <= 0 for size in sizes):
-        raise ConfigError(f"allowed_batch_sizes entries must be positive; got {list(sizes)}")
-    if any(later <= earlier for earlier, later in itertools.pairwise(sizes)):
-        raise ConfigError("allowed_batch_sizes entries must be monotonically increasing")
-    if policy.enable_large_batch_splitting:
-        _validate_splitting(policy)
-    elif sizes and sizes[-1] != policy.max_batch_size:
-        raise ConfigError(
-            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was"
-            f" {sizes[-1]}; expected {policy.max_batch_size}"
-        )
-
-
-def _validate_splitting(policy: BatchPolicy) -> None:
-    execution = policy.max_execution_batch_size
-    if execution is None:
-        execution = policy.max_batch_size
-    if not 0 < execution <= policy.max_batch_size:
-        raise ConfigError(
-            "max_execution_batch_size must be positive and at most max_batch_size; was"
-            f" {execution}; max_batch_size is {policy.max_batch_size}"
-        )
-    sizes = policy.allowed_batch_sizes
-    if not sizes:
-        return
-    if sizes[-1] > policy.max_batch_size:
-        raise ConfigError(
-            "Last entry in allowed_batch_sizes must be less than or equal to max_batch_size;"
-            f" last entry was {sizes[-1]}; expected {policy.max_batch_size}"
-        )
-    if sizes[-1] != execution:
-        raise ConfigError(
-            "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size;"
-            f" last entry was {sizes[-1]}; expected {execution}"
-        )
 
 
 # --- MonitoringConfig -------------------------------------------------------------------------

@@ -3,15 +3,23 @@
 Start-up never waits for models: HTTP comes up at once, versions load in the background, and
 `/readyz` (and the status route, LOADING) tell when they are available. Shutdown is ordered and
 bounded: stop reconciling, drain and unload every version, then cancel the remaining tasks.
+
+`app.state.shutting_down` turns True when shutdown begins and stays True: at SIGTERM/SIGINT
+(under uvicorn the signal starts the shutdown; the lifespan only exits after uvicorn drained the
+HTTP connections), or at the lifespan's exit when no signal came (an embedding server, tests).
+`/readyz` answers 503 from then on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from types import FrameType
 
 import anyio
 from anyio import to_thread
@@ -46,15 +54,6 @@ def load_options(settings: Settings) -> LoadOptions:
         allow_incompatible_signatures=settings.allow_incompatible_signatures,
         load_thread_nice=settings.load_thread_nice,
     )
-
-
-def batch_policy(settings: Settings) -> BatchPolicy | None:
-    """The global batching policy, or None when batching is off."""
-    if not settings.enable_batching:
-        return None
-    if settings.batching_parameters_file:
-        return config.read_batching_parameters(Path(settings.batching_parameters_file))
-    return config.default_batch_policy()
 
 
 def inference_threads(settings: Settings, policy: BatchPolicy | None) -> int:
@@ -123,12 +122,50 @@ async def poll_config(
             current = configs
 
 
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def notice_exit_signals(notice: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM first call `notice` (in the main thread, between bytecodes:
+    keep it to setting a flag), then the handler installed before (uvicorn's, which starts its
+    graceful shutdown; the default action or "ignore" when there was none).
+
+    uvicorn offers no hook for "shutdown began" before the lifespan's exit, which comes only
+    after every HTTP connection drained. Signal handlers can only be set from the main thread:
+    elsewhere (a server run in a thread) this does nothing and the lifespan's exit is the notice.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        notice()
+        chained = previous[signal.Signals(sig)]
+        if callable(chained):
+            chained(sig, frame)
+        elif chained == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, chained in previous.items():
+            # Restore only what is still ours; None means "not set from Python": leave it.
+            if signal.getsignal(sig) is handler and chained is not None:
+                signal.signal(sig, chained)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     injected: Loader | None = app.state.loader
     configs = config.initial_models(settings)
-    policy = batch_policy(settings)
+    policy = config.batch_policy_for(settings)
     release: Callable[[], None] | None = None
     if injected is None:
         loader, release = default_loader(settings)
@@ -162,14 +199,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ", ".join(f"{c.name} <- {c.base_path}" for c in configs) or "no models",
         "on" if policy else "off",
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(registry.run)
-        tg.start_soon(source.run)
-        if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
-            tg.start_soon(poll_config, settings, registry, source, configs)
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await registry.close(settings.drain_timeout_seconds)
-            tg.cancel_scope.cancel()
+
+    def begin_shutdown() -> None:
+        app.state.shutting_down = True
+
+    with notice_exit_signals(begin_shutdown):
+        async with anyio.create_task_group() as tg:
+            await tg.start(registry.run)
+            tg.start_soon(source.run)
+            if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
+                tg.start_soon(poll_config, settings, registry, source, configs)
+            try:
+                yield
+            finally:
+                begin_shutdown()
+                with anyio.CancelScope(shield=True):
+                    await registry.close(settings.drain_timeout_seconds)
+                tg.cancel_scope.cancel()

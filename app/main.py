@@ -1,7 +1,19 @@
-"""`create_app(settings)` builds the ASGI app; `app` is what `uvicorn app.main:app` serves."""
+"""`create_app(settings)` builds the ASGI app. Importing this module builds nothing.
+
+Serve it with `hotserve` / `python -m app` (TF Serving's flags), or with uvicorn's standard way
+to serve a factory, settings from `HOTSERVE_*` (and the docker image's `MODEL_NAME` /
+`MODEL_BASE_PATH`) environment variables:
+
+    uvicorn --factory app.main:create_app
+
+`uvicorn app.main:app` keeps working for existing deployments: `app` is built on first access
+(module `__getattr__`), never at import, so importing `app.main` (as the CLI does, or a test)
+can neither read the environment nor fail on it.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,6 +29,7 @@ from app.config import monitoring_config_for
 from app.core.registry import Registry
 from app.core.servable import Loader
 from app.lifespan import lifespan
+from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
 from app.settings import Settings
 
@@ -40,8 +53,16 @@ class HotserveApp(FastAPI):
 
 
 def create_app(settings: Settings | None = None, *, loader: Loader | None = None) -> FastAPI:
-    """Build the app. `loader` replaces the TensorFlow loader (tests inject fakes)."""
+    """Build the app from `settings` (default: `Settings()`, read from the environment).
+
+    `loader` replaces the TensorFlow loader (tests inject fakes). Configures logging unless the
+    process already did (`app.logs`), so every entry point logs version state changes.
+    Raises `ConfigError` for a configuration TF Serving refuses (e.g. a bad monitoring config)
+    and pydantic's `ValidationError` for a malformed `HOTSERVE_*` value. Models are read and
+    loaded later, by the lifespan.
+    """
     settings = settings or Settings()
+    configure_logging(settings.log_level)
     app = HotserveApp(
         title="hotserve",
         version=__version__,
@@ -51,6 +72,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.state.settings = settings
     app.state.loader = loader
     app.state.registry = None
+    app.state.shutting_down = False  # set by the lifespan: at SIGTERM/SIGINT, else at its exit
     metrics = app.state.metrics = Metrics(lambda: app.state.registry)
 
     def registry() -> Registry:
@@ -80,8 +102,12 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     @app.get("/readyz", tags=["health"], summary="Readiness: every configured model has settled")
     async def readyz() -> Response:
         reg: Registry | None = app.state.registry
-        ready = reg is not None and reg.is_ready()
         detail = reg.readiness() if reg is not None else {}
+        if app.state.shutting_down:
+            # From the shutdown signal on, whatever the models' states: take no new traffic.
+            body = {"ready": False, "shutting_down": True, "models": detail}
+            return JSONResponse(body, status_code=503)
+        ready = reg is not None and reg.is_ready()
         return JSONResponse({"ready": ready, "models": detail}, status_code=200 if ready else 503)
 
     @app.exception_handler(StarletteHTTPException)
@@ -97,4 +123,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """`app.main.app`, built from the environment on first access (for `uvicorn app.main:app`)."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _default_app() -> FastAPI:
+    return create_app()

@@ -24,9 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.core.layout import is_saved_model_dir
 from app.core.source import parse_version
 
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 TMP_PREFIX = ".hotserve-tmp-"
 
 
@@ -73,7 +73,7 @@ def publish(src: Path, base: Path, version: int | None = None, *, marker: str = 
     with a done marker). Raises FileNotFoundError for a src that is not a SavedModel directory,
     FileExistsError when the version exists, ValueError for a negative version.
     """
-    if not src.is_dir() or not any((src / f).is_file() for f in _SAVED_MODEL_FILES):
+    if not is_saved_model_dir(src):
         raise FileNotFoundError(f"{src} is not a SavedModel directory (no saved_model.pb)")
     base.mkdir(parents=True, exist_ok=True)
     existing = _existing_versions(base)

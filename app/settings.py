@@ -6,6 +6,13 @@ then the defaults) into a frozen object that is passed down; nothing else in the
 Docker image's unprefixed `MODEL_NAME` / `MODEL_BASE_PATH` variables are read too (spec 1.3) into
 `docker_model_name` / `docker_model_base_path`; `app.config.initial_models` gives them meaning.
 
+This class is the one home of every option: its name, type, default, description, group (TF
+Serving flag, hotserve option, docker environment) and, for TF Serving flags, whether hotserve
+acts on it (`no_effect=True`: accepted so existing command lines keep working, logged as having no
+effect). The command line (`app.cli`), `--help` and the README's flag table
+(`scripts/update_readme_flags`, checked by `tests/test_settings.py`) are derived from it. A field
+declared with a plain `Field(...)` is a hotserve option.
+
 Cross-field rules that make TF Serving refuse to start raise `ConfigError` with TF's message;
 a badly typed value raises pydantic's `ValidationError`.
 """
@@ -15,9 +22,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigError
@@ -25,6 +33,22 @@ from app.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_REST_API_PORT = 8501
+
+# Option groups (the `group` marker of a field).
+TF_SERVING = "tf_serving"  # a `tensorflow_model_server` flag (spec 1.2)
+HOTSERVE = "hotserve"  # hotserve's own option
+DOCKER_ENV = "docker_env"  # a variable of the TF Serving docker image, not a flag (spec 1.3)
+
+
+def tf_flag(description: str, *, no_effect: bool = False, **kwargs: Any) -> Any:
+    """A `Field` for a TF Serving flag; `no_effect=True` marks one hotserve accepts, ignores."""
+    extra: JsonDict = {"group": TF_SERVING, "no_effect": no_effect}
+    return Field(description=description, json_schema_extra=extra, **kwargs)
+
+
+def docker_env(description: str, **kwargs: Any) -> Any:
+    """A `Field` read from the docker image's environment only (no flag)."""
+    return Field(description=description, json_schema_extra={"group": DOCKER_ENV}, **kwargs)
 
 
 def schedulable_cpus() -> int:
@@ -36,10 +60,12 @@ def schedulable_cpus() -> int:
 
 
 def _four_per_cpu() -> int:
+    """4 x schedulable CPUs"""
     return 4 * schedulable_cpus()
 
 
 def _default_model_repository() -> Path:
+    """`models/` of the checkout"""
     # app/settings.py -> the checkout root -> models/
     return Path(__file__).resolve().parents[1] / "models"
 
@@ -54,129 +80,112 @@ class Settings(BaseSettings):
         protected_namespaces=(),
     )
 
-    # --- TensorFlow Serving's flags (spec 1.2), same names and defaults -----------------------
-    port: int = Field(default=8500, description="gRPC port (hotserve serves REST only; no effect)")
-    grpc_socket_path: str = Field(
-        default="", description="UNIX socket for gRPC (hotserve serves REST only; no effect)"
-    )
-    rest_api_port: int = Field(
-        default=DEFAULT_REST_API_PORT,
-        description="REST port. TF Serving's default 0 disables REST, but hotserve is REST-only:"
+    # --- TensorFlow Serving's flags (spec 1.2), same names, defaults and order ----------------
+    port: int = tf_flag("gRPC port", default=8500, no_effect=True)
+    grpc_socket_path: str = tf_flag("UNIX socket for gRPC", default="", no_effect=True)
+    rest_api_port: int = tf_flag(
+        "REST port. TF Serving's default 0 disables REST, but hotserve is REST-only:"
         " 0 means the default 8501 (logged)",
+        default=DEFAULT_REST_API_PORT,
     )
-    rest_api_num_threads: int = Field(
-        default_factory=_four_per_cpu, description="REST worker threads (4 x schedulable CPUs)"
+    rest_api_num_threads: int = tf_flag(
+        "REST worker threads (4 x schedulable CPUs)", default_factory=_four_per_cpu
     )
-    rest_api_timeout_in_ms: int = Field(
-        default=30000,
-        description="per-request deadline of REST calls (exceeded: 504 DEADLINE_EXCEEDED);"
+    rest_api_timeout_in_ms: int = tf_flag(
+        "per-request deadline of REST calls (exceeded: 504 DEADLINE_EXCEEDED);"
         " <= 0 means no deadline",
+        default=30000,
     )
-    rest_api_enable_cors_support: bool = Field(default=False, description="add CORS headers")
-    model_name: str = Field(
-        default="default", description="name of the single model (ignored with --model_config_file)"
+    rest_api_enable_cors_support: bool = tf_flag("add CORS headers", default=False)
+    model_name: str = tf_flag(
+        "name of the single model (ignored with --model_config_file)", default="default"
     )
-    model_base_path: str = Field(
-        default="",
-        description="absolute base dir of the single model, holding integer version dirs"
+    model_base_path: str = tf_flag(
+        "absolute base dir of the single model, holding integer version dirs"
         " (ignored with --model_config_file)",
-    )
-    model_config_file: str = Field(
-        default="", description="text-format ModelServerConfig listing the models to serve"
-    )
-    model_config_file_poll_wait_seconds: int = Field(
-        default=0, description="re-read --model_config_file every N s; 0 = read once at startup"
-    )
-    file_system_poll_wait_seconds: int = Field(
-        default=1,
-        description="scan each base path for new versions every N s; 0 = scan once;"
-        " negative = never",
-    )
-    max_num_load_retries: int = Field(
-        default=5, description="retries after a failed version load (0 = try once)"
-    )
-    load_retry_interval_micros: int = Field(
-        default=60_000_000, description="wait between load retries, in microseconds"
-    )
-    num_load_threads: int = Field(
-        default=0, description="threads loading versions; 0 = one at a time"
-    )
-    num_unload_threads: int = Field(
-        default=0, description="unloads share the --num_load_threads workers (no effect)"
-    )
-    enable_batching: bool = Field(default=False, description="enable server-side request batching")
-    batching_parameters_file: str = Field(
         default="",
-        description="text-format BatchingParameters; requires --enable_batching",
     )
-    enable_per_model_batching_parameters: bool = Field(
+    model_config_file: str = tf_flag(
+        "text-format ModelServerConfig listing the models to serve", default=""
+    )
+    model_config_file_poll_wait_seconds: int = tf_flag(
+        "re-read --model_config_file every N s; 0 = read once at startup", default=0
+    )
+    file_system_poll_wait_seconds: int = tf_flag(
+        "scan each base path for new versions every N s; 0 = scan once; negative = never",
+        default=1,
+    )
+    max_num_load_retries: int = tf_flag(
+        "retries after a failed version load (0 = try once)", default=5
+    )
+    load_retry_interval_micros: int = tf_flag(
+        "wait between load retries, in microseconds", default=60_000_000
+    )
+    num_load_threads: int = tf_flag("threads loading versions; 0 = one at a time", default=0)
+    num_unload_threads: int = tf_flag(
+        "unloads share the --num_load_threads workers", default=0, no_effect=True
+    )
+    enable_batching: bool = tf_flag("enable server-side request batching", default=False)
+    batching_parameters_file: str = tf_flag(
+        "text-format BatchingParameters; requires --enable_batching", default=""
+    )
+    enable_per_model_batching_parameters: bool = tf_flag(
+        "read batching_params.pbtxt from each SavedModel dir instead of the global file",
         default=False,
-        description="read batching_params.pbtxt from each SavedModel dir instead of the"
-        " global file",
     )
-    allow_version_labels_for_unavailable_models: bool = Field(
+    allow_version_labels_for_unavailable_models: bool = tf_flag(
+        "hotserve always lets a new label point at a version not yet available (it answers"
+        " once that version is); a label only moves once its target is",
         default=False,
-        description="hotserve always lets a new label point at a version not yet available"
-        " (it answers once that version is); a label only moves once its target is (no effect)",
+        no_effect=True,
     )
-    enable_model_warmup: bool = Field(
-        default=True, description="replay assets.extra/tf_serving_warmup_requests on load"
+    enable_model_warmup: bool = tf_flag(
+        "replay assets.extra/tf_serving_warmup_requests on load", default=True
     )
-    num_request_iterations_for_warmup: int = Field(
-        default=0, description="times each warmup record is replayed, if > 0 (0 = once)"
+    num_request_iterations_for_warmup: int = tf_flag(
+        "times each warmup record is replayed, if > 0 (0 = once)", default=0
     )
-    monitoring_config_file: str = Field(
-        default="", description="text-format MonitoringConfig (Prometheus endpoint)"
+    monitoring_config_file: str = tf_flag(
+        "text-format MonitoringConfig (Prometheus endpoint)", default=""
     )
-    saved_model_tags: str = Field(
-        default="serve", description="comma-separated tag set of the MetaGraph to load"
+    saved_model_tags: str = tf_flag(
+        "comma-separated tag set of the MetaGraph to load", default="serve"
     )
-    flush_filesystem_caches: bool = Field(
-        default=True, description="flush file system caches after loads (no effect in hotserve)"
+    flush_filesystem_caches: bool = tf_flag(
+        "flush file system caches after loads", default=True, no_effect=True
     )
-    tensorflow_session_parallelism: int = Field(
-        default=0, description="threads of both TF thread pools; 0 = auto"
+    tensorflow_session_parallelism: int = tf_flag(
+        "threads of both TF thread pools; 0 = auto", default=0
     )
-    tensorflow_intra_op_parallelism: int = Field(
-        default=0, description="TF intra-op thread pool size; 0 = auto"
+    tensorflow_intra_op_parallelism: int = tf_flag(
+        "TF intra-op thread pool size; 0 = auto", default=0
     )
-    tensorflow_inter_op_parallelism: int = Field(
-        default=0, description="TF inter-op thread pool size; 0 = auto"
+    tensorflow_inter_op_parallelism: int = tf_flag(
+        "TF inter-op thread pool size; 0 = auto", default=0
     )
-    tensorflow_session_config_file: str = Field(
-        default="", description="text-format TF ConfigProto (no effect in hotserve)"
+    tensorflow_session_config_file: str = tf_flag(
+        "text-format TF ConfigProto", default="", no_effect=True
     )
-    platform_config_file: str = Field(
-        default="", description="text-format PlatformConfigMap (no effect in hotserve)"
+    platform_config_file: str = tf_flag("text-format PlatformConfigMap", default="", no_effect=True)
+    per_process_gpu_memory_fraction: float = tf_flag(
+        "GPU memory fraction", default=0.0, no_effect=True
     )
-    per_process_gpu_memory_fraction: float = Field(
-        default=0.0, description="GPU memory fraction (no effect in hotserve)"
+    enable_signature_method_name_check: bool = tf_flag(
+        "predict/classify/regress insist on the matching SignatureDef method_name", default=False
     )
-    enable_signature_method_name_check: bool = Field(
-        default=False,
-        description="predict/classify/regress insist on the matching SignatureDef method_name",
+    prefer_tflite_model: bool = tf_flag(
+        "serve model.tflite if present", default=False, no_effect=True
     )
-    prefer_tflite_model: bool = Field(
-        default=False, description="serve model.tflite if present (no effect in hotserve)"
-    )
-    grpc_channel_arguments: str = Field(
-        default="", description="gRPC channel arguments (no effect in hotserve)"
-    )
-    grpc_max_threads: int = Field(
-        default_factory=_four_per_cpu, description="gRPC threads (no effect in hotserve)"
-    )
-    ssl_config_file: str = Field(default="", description="gRPC SSL config (no effect in hotserve)")
-    use_alts_credentials: bool = Field(
-        default=False, description="gRPC ALTS credentials (no effect in hotserve)"
-    )
-    enable_profiler: bool = Field(
-        default=True, description="TF profiler service (no effect in hotserve)"
-    )
-    enable_grpc_healthcheck_service: bool = Field(
-        default=False, description="gRPC health service (no effect in hotserve)"
+    grpc_channel_arguments: str = tf_flag("gRPC channel arguments", default="", no_effect=True)
+    grpc_max_threads: int = tf_flag("gRPC threads", default_factory=_four_per_cpu, no_effect=True)
+    ssl_config_file: str = tf_flag("gRPC SSL config", default="", no_effect=True)
+    use_alts_credentials: bool = tf_flag("gRPC ALTS credentials", default=False, no_effect=True)
+    enable_profiler: bool = tf_flag("TF profiler service", default=True, no_effect=True)
+    enable_grpc_healthcheck_service: bool = tf_flag(
+        "gRPC health service", default=False, no_effect=True
     )
 
-    # --- hotserve's own options ---------------------------------------------------------------
+    # --- hotserve's own options (a plain Field() here is one too) ------------------------------
     host: str = Field(default="0.0.0.0", description="interface the REST server binds to")
     model_repository: Path = Field(
         default_factory=_default_model_repository,
@@ -230,15 +239,15 @@ class Settings(BaseSettings):
     )
 
     # --- the official Docker image's environment (spec 1.3), unprefixed -----------------------
-    docker_model_name: str | None = Field(
+    docker_model_name: str | None = docker_env(
+        "$MODEL_NAME of the TF Serving docker image (default model)",
         default=None,
         validation_alias="MODEL_NAME",
-        description="$MODEL_NAME of the TF Serving docker image (default model)",
     )
-    docker_model_base_path: str | None = Field(
+    docker_model_base_path: str | None = docker_env(
+        "$MODEL_BASE_PATH of the TF Serving docker image (default /models)",
         default=None,
         validation_alias="MODEL_BASE_PATH",
-        description="$MODEL_BASE_PATH of the TF Serving docker image (default /models)",
     )
 
     @field_validator("rest_api_port")
@@ -274,82 +283,23 @@ class Settings(BaseSettings):
         return self
 
 
-# Flag groups, in the order `--help` lists them.
-TF_SERVING_FLAGS: tuple[str, ...] = (
-    "port",
-    "grpc_socket_path",
-    "rest_api_port",
-    "rest_api_num_threads",
-    "rest_api_timeout_in_ms",
-    "rest_api_enable_cors_support",
-    "model_name",
-    "model_base_path",
-    "model_config_file",
-    "model_config_file_poll_wait_seconds",
-    "file_system_poll_wait_seconds",
-    "max_num_load_retries",
-    "load_retry_interval_micros",
-    "num_load_threads",
-    "num_unload_threads",
-    "enable_batching",
-    "batching_parameters_file",
-    "enable_per_model_batching_parameters",
-    "allow_version_labels_for_unavailable_models",
-    "enable_model_warmup",
-    "num_request_iterations_for_warmup",
-    "monitoring_config_file",
-    "saved_model_tags",
-    "flush_filesystem_caches",
-    "tensorflow_session_parallelism",
-    "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism",
-    "tensorflow_session_config_file",
-    "platform_config_file",
-    "per_process_gpu_memory_fraction",
-    "enable_signature_method_name_check",
-    "prefer_tflite_model",
-    "grpc_channel_arguments",
-    "grpc_max_threads",
-    "ssl_config_file",
-    "use_alts_credentials",
-    "enable_profiler",
-    "enable_grpc_healthcheck_service",
-)
+def _group_of(name: str) -> str:
+    extra = Settings.model_fields[name].json_schema_extra
+    return str(extra["group"]) if isinstance(extra, dict) and "group" in extra else HOTSERVE
 
-HOTSERVE_FLAGS: tuple[str, ...] = (
-    "host",
-    "model_repository",
-    "max_request_bytes",
-    "version_settle_seconds",
-    "version_done_marker",
-    "load_policy",
-    "drain_timeout_seconds",
-    "synthetic_warmup",
-    "allow_incompatible_signatures",
-    "log_level",
-    "watch_file_events",
-    "load_thread_nice",
-    "access_log",
-)
 
+def _has_no_effect(name: str) -> bool:
+    extra = Settings.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and extra.get("no_effect") is True
+
+
+# Derived from the fields above, in their order (the order `--help` and the README list them).
+TF_SERVING_FLAGS: tuple[str, ...] = tuple(
+    n for n in Settings.model_fields if _group_of(n) == TF_SERVING
+)
+HOTSERVE_FLAGS: tuple[str, ...] = tuple(
+    n for n in Settings.model_fields if _group_of(n) == HOTSERVE
+)
 # TF Serving flags accepted so existing command lines keep working, but which hotserve does not
-# act on (gRPC, TLS for gRPC, TFLite, GPU, profiler, TF session plumbing).
-COMPAT_ONLY_FLAGS: frozenset[str] = frozenset(
-    {
-        "port",
-        "grpc_socket_path",
-        "grpc_channel_arguments",
-        "grpc_max_threads",
-        "ssl_config_file",
-        "use_alts_credentials",
-        "enable_profiler",
-        "enable_grpc_healthcheck_service",
-        "prefer_tflite_model",
-        "per_process_gpu_memory_fraction",
-        "platform_config_file",
-        "tensorflow_session_config_file",
-        "flush_filesystem_caches",
-        "num_unload_threads",
-        "allow_version_labels_for_unavailable_models",
-    }
-)
+# act on (the fields marked `no_effect=True`).
+COMPAT_ONLY_FLAGS: frozenset[str] = frozenset(n for n in Settings.model_fields if _has_no_effect(n))

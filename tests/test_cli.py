@@ -6,14 +6,14 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app import __version__
-from app.cli import UsageError, main, parse_args, parse_flags
+from app.cli import NO_EFFECT_NOTE, UsageError, main, parse_args, parse_flags
 from app.settings import COMPAT_ONLY_FLAGS, HOTSERVE_FLAGS, TF_SERVING_FLAGS, Settings
+from tests.test_logs import bare_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +23,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.upper().startswith("HOTSERVE_") or key.upper() in ("MODEL_NAME", "MODEL_BASE_PATH"):
             monkeypatch.delenv(key)
-
-
-@pytest.fixture(autouse=True)
-def restore_root_log_level() -> Iterator[None]:
-    # main() sets the root level from --log_level; keep that out of other tests.
-    root = logging.getLogger()
-    level = root.level
-    yield
-    root.setLevel(level)
 
 
 class FakeServe:
@@ -169,6 +160,9 @@ def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--rest_api_timeout_in_ms=30000" in out
     assert "--enable_model_warmup=true" in out
     assert all(f"--{name}" in out for name in COMPAT_ONLY_FLAGS)
+    for name in TF_SERVING_FLAGS:
+        described = out[out.index(f"--{name}=") :].split("\n", 2)[1]
+        assert (NO_EFFECT_NOTE in described) == (name in COMPAT_ONLY_FLAGS), described
 
 
 def test_main_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,11 +186,13 @@ def test_main_env_fills_what_flags_leave_out(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HOTSERVE_MODEL_NAME", "from_env")
     monkeypatch.setenv("HOTSERVE_REST_API_PORT", "9100")
     serve = FakeServe()
-    assert main(["--rest_api_port=9200", "--log_level=warning"], serve=serve) == 0
+    with bare_root() as root:
+        assert main(["--rest_api_port=9200", "--log_level=debug"], serve=serve) == 0
+        assert root.level == logging.DEBUG
+        assert len(root.handlers) == 1  # the provisional handler, reused
     assert serve.settings is not None
     assert serve.settings.model_name == "from_env"
     assert serve.settings.rest_api_port == 9200
-    assert logging.getLogger().level == logging.WARNING
 
 
 def test_python_m_app_help() -> None:

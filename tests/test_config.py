@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from app import config
@@ -22,6 +23,7 @@ from app.config import (
     read_monitoring_config,
     scan_model_repository,
 )
+from app.core.batcher import Batcher
 from app.core.types import BatchPolicy, ModelConfig, VersionPolicy
 from app.errors import ConfigError
 from app.settings import Settings
@@ -321,6 +323,32 @@ def test_batching_large_batch_splitting() -> None:
 def test_invalid_batching_parameters(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_batching_parameters(text)
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (BatchPolicy(max_batch_size=0), "max_batch_size must be positive; was 0"),
+        (
+            BatchPolicy(max_batch_size=8, allowed_batch_sizes=(2, 4)),
+            "Last entry in allowed_batch_sizes must match max_batch_size",
+        ),
+        (
+            BatchPolicy(
+                max_batch_size=64,
+                enable_large_batch_splitting=True,
+                max_execution_batch_size=16,
+                allowed_batch_sizes=(8,),
+            ),
+            "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size",
+        ),
+    ],
+)
+def test_batcher_refuses_what_the_parser_refuses(policy: BatchPolicy, message: str) -> None:
+    """One rule book (app.core.batch_policy): a policy built in code meets the same checks and
+    messages as one read from a BatchingParameters file."""
+    with pytest.raises(ConfigError, match=message):
+        Batcher(lambda signature, inputs: {}, policy, anyio.CapacityLimiter(1))
 
 
 def test_batching_descriptor_matches_tf_serving_numbers() -> None:

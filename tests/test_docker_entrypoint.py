@@ -23,6 +23,8 @@ def test_entrypoint_serves_model_base_path_slash_model_name(tmp_path: Path) -> N
         "MODEL_BASE_PATH": str(tmp_path),
         "HOTSERVE_HOST": "127.0.0.1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        # The installed `hotserve` script imports this checkout, wherever the package was installed.
+        "PYTHONPATH": str(REPO),
     }
     # Extra container arguments are appended and override the image's defaults, as in TFS.
     cmd = [str(REPO / "docker" / "entrypoint.sh"), f"--rest_api_port={port}"]
@@ -46,3 +48,4 @@ def test_entrypoint_serves_model_base_path_slash_model_name(tmp_path: Path) -> N
         proc.terminate()
         proc.wait(30)
         log.close()
+    assert "model my_model version 2: AVAILABLE" in (tmp_path / "log").read_text()

@@ -29,7 +29,6 @@ How the batcher schedules (no background task; "leader" scheduling):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +38,8 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from app.core.batching_queue import Scheduler, execution_limit
+from app.core.batch_policy import validate_batch_policy
+from app.core.batching_queue import Scheduler
 from app.core.batching_shapes import batch_key, merge_inputs, request_rows, split_outputs
 from app.core.batching_types import (
     EXPIRED,
@@ -51,7 +51,7 @@ from app.core.batching_types import (
     Task,
 )
 from app.core.types import BatchPolicy
-from app.errors import ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
+from app.errors import DeadlineExceeded, InvalidArgument, Unavailable
 
 __all__ = [
     "BatchObserver",
@@ -130,22 +130,6 @@ def _check_deadline(deadline: float | None) -> None:
         raise DeadlineExceeded(EXPIRED)
 
 
-def _validate_policy(policy: BatchPolicy) -> None:
-    """Raise ConfigError for parameters TF Serving would refuse to load with."""
-    if policy.max_batch_size <= 0 or policy.num_batch_threads <= 0:
-        raise ConfigError("max_batch_size and num_batch_threads must be positive")
-    if policy.max_enqueued_batches <= 0 or policy.batch_timeout_micros < 0:
-        raise ConfigError("max_enqueued_batches must be positive and batch_timeout_micros >= 0")
-    sizes = policy.allowed_batch_sizes
-    if any(b <= a for a, b in itertools.pairwise(sizes)):
-        raise ConfigError("allowed_batch_sizes entries must be increasing")
-    if sizes and sizes[-1] != execution_limit(policy):
-        raise ConfigError(
-            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
-            f"{sizes[-1]}; expected {execution_limit(policy)}"
-        )
-
-
 class DirectRunner(_Drain):
     """Batching off: every request is its own `run_fn` call in the inference limiter.
 
@@ -205,7 +189,7 @@ class Batcher(_Drain):
         limiter: anyio.CapacityLimiter,
         observer: BatchObserver | None = None,
     ) -> None:
-        _validate_policy(policy)
+        validate_batch_policy(policy)
         super().__init__()
         self._run_fn = run_fn
         self._limiter = limiter

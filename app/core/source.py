@@ -31,13 +31,13 @@ import anyio
 import anyio.abc
 import watchfiles
 
+from app.core.layout import is_saved_model_dir
 from app.core.types import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 _VERSION_NAME = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1  # TF Serving parses version names as signed 64-bit integers
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _MIN_RESCAN_SECONDS = 0.05
 _WATCH_TIMEOUT_MS = 500  # how soon a new watch reports itself live (see VersionSource._watch)
 
@@ -204,7 +204,7 @@ class VersionScanner:
         """None when `path` is a complete version, else why it is still pending."""
         if version in state.found:
             return None
-        if not any((path / name).is_file() for name in _SAVED_MODEL_FILES):
+        if not is_saved_model_dir(path):
             state.settling.pop(version, None)
             return "no saved_model.pb"
         if self.done_marker and not (path / self.done_marker).exists():

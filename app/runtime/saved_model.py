@@ -30,6 +30,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
 from app import errors
+from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.runtime import warmup as warmup_mod
@@ -351,14 +352,14 @@ class SavedModelLoader:
 
 
 def _check_layout(path: Path) -> None:
-    pb, pbtxt = path / "saved_model.pb", path / "saved_model.pbtxt"
-    if not path.is_dir() or not (pb.is_file() or pbtxt.is_file()):
+    proto = saved_model_file(path)
+    if proto is None:
         raise errors.LoadError(
             f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
             "NOT_FOUND",
         )
-    if pb.is_file() and pb.stat().st_size == 0:
-        raise errors.LoadError(f"SavedModel file is empty: {pb}", "DATA_LOSS")
+    if proto.name == "saved_model.pb" and proto.stat().st_size == 0:
+        raise errors.LoadError(f"SavedModel file is empty: {proto}", "DATA_LOSS")
 
 
 def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
