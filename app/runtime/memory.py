@@ -23,6 +23,7 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -99,7 +100,13 @@ def release_memory() -> None:
     A no-op beyond gc.collect() where the C library has no malloc_trim (musl, macOS).
     Blocking but short; safe from any thread.
     """
+    started = time.perf_counter()
     collected = gc.collect()
     trim = _malloc_trim()
     released = bool(trim(0)) if trim is not None else False
-    logger.debug("release_memory: %d objects collected, heap trimmed: %s", collected, released)
+    logger.debug(
+        "release_memory: %d objects collected, heap trimmed: %s, in %.1f ms",
+        collected,
+        released,
+        (time.perf_counter() - started) * 1e3,
+    )
