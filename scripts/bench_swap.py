@@ -28,7 +28,7 @@ latency and status by bench_swap/lua/record.lua). Then:
 
 Prints a markdown report (targets, PASS/FAIL) and writes it to bench-results/swap-<time>.md;
 --keep-logs also keeps the server logs and the request log (.npz) beside it. About 2.5 minutes
-at the defaults.
+for steps 1-4 at the defaults, plus about 4 for step 5 (building and swapping the 1 GiB model).
 """
 
 from __future__ import annotations
