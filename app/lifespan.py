@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 import anyio
-from anyio import to_thread
+from anyio import from_thread, to_thread
 from fastapi import FastAPI
 
 from app import config
@@ -31,14 +31,19 @@ from app.core.lifecycle import LoadOptions, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
-from app.core.types import BatchPolicy, ModelConfig, ServableId
-from app.errors import ConfigError
+from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState
+from app.errors import ConfigError, NotFound
 from app.metrics import Metrics
 from app.settings import Settings
+from app.storage.cache import VersionCache
+from app.storage.scanner import RemoteScanner, SplitScanner
 
 log = logging.getLogger(__name__)
 
 PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
+# Base paths scanned at once: an object-store scan may download a version, which must not hold
+# up every other model's discovery.
+SCAN_THREADS = 4
 
 
 def load_options(settings: Settings) -> LoadOptions:
@@ -122,6 +127,22 @@ async def poll_config(
             current = configs
 
 
+def versions_in_use(registry: Registry) -> Callable[[str], set[int]]:
+    """For scanning threads: the versions of a model the registry holds (not END), read on the
+    event loop's thread (the registry is not thread-safe)."""
+
+    def on_loop(name: str) -> set[int]:
+        try:
+            return {s.version for s in registry.status(name) if s.state is not VersionState.END}
+        except NotFound:
+            return set()
+
+    def in_use(name: str) -> set[int]:
+        return from_thread.run_sync(on_loop, name)
+
+    return in_use
+
+
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -184,11 +205,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         release,
     )
     registry.set_models(configs)
-    scanner = VersionScanner(settings.version_settle_seconds, settings.version_done_marker)
+    scanner = SplitScanner(
+        VersionScanner(settings.version_settle_seconds, settings.version_done_marker),
+        RemoteScanner(
+            VersionCache(settings.model_cache_dir, settings.model_cache_max_bytes),
+            settings.version_done_marker,
+            in_use=versions_in_use(registry),
+        ),
+    )
     source = VersionSource(
-        scanner,
+        scanner,  # type: ignore[arg-type]  # the duck type VersionSource uses
         float(settings.file_system_poll_wait_seconds),
-        anyio.CapacityLimiter(1),
+        anyio.CapacityLimiter(SCAN_THREADS),
         registry.on_scan,
         file_events=settings.watch_file_events,
     )
