@@ -18,6 +18,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -197,11 +198,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = metrics.timed_loader(loader)
     inference = anyio.CapacityLimiter(inference_threads(settings, policy))
     loads = anyio.CapacityLimiter(max(settings.num_load_threads, 1))
+    gate = getattr(app.state, "publish_gate", None)  # set by app.workers under --workers N
     registry = Registry(
         loader,
         runner_factory(settings, policy, inference, metrics),
         loads,
-        load_options(settings),
+        replace(load_options(settings), publish_gate=gate),
         release,
     )
     registry.set_models(configs)
@@ -233,6 +235,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     with notice_exit_signals(begin_shutdown):
         async with anyio.create_task_group() as tg:
+            if gate is not None:
+                await tg.start(gate.run)
             await tg.start(registry.run)
             tg.start_soon(source.run)
             if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio import to_thread
@@ -70,6 +70,23 @@ class ModelRoute:
     labels: Mapping[str, int]
 
 
+class PublishGate(Protocol):
+    """Admission of loaded versions shared with other processes (`app.workers`): a version
+    becomes routable only once `ready` says every worker has it. Called on the loop thread."""
+
+    async def ready(self, sid: ServableId) -> bool:
+        """Wait until every worker loaded `sid` (True) or one of them gave it up (False)."""
+        ...
+
+    def failed(self, sid: ServableId, reason: str) -> None:
+        """This worker gave up loading `sid` (no retries left)."""
+        ...
+
+    def published(self, sid: ServableId) -> None:
+        """`sid` is routable in this worker now."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     max_num_load_retries: int = 5
@@ -81,6 +98,7 @@ class LoadOptions:
     resource_preserving: bool = False
     allow_incompatible_signatures: bool = False
     load_thread_nice: int = 5
+    publish_gate: PublishGate | None = None
 
 
 def _changed(
@@ -291,6 +309,10 @@ class ModelState:
                 log.error("model %s version %d: END, load failed: %s", sid.name, version, msg)
                 self._set(version, VersionState.END, code, msg)
                 self.failed[version] = msg
+                if self._options.publish_gate is not None:
+                    self._options.publish_gate.failed(sid, msg)
+                return
+            if not await self._admitted(mv):
                 return
             if not self.active or version not in (self._aspired or ()):
                 log.info("model %s version %d: no longer aspired after loading", sid.name, version)
@@ -299,6 +321,8 @@ class ModelState:
                 return
             self.loaded[version] = mv
             self._publish()
+            if self._options.publish_gate is not None:
+                self._options.publish_gate.published(sid)
             self._set(version, VersionState.AVAILABLE)
             log.info(
                 "model %s version %d: AVAILABLE (load+warmup %.2fs)",
@@ -307,6 +331,19 @@ class ModelState:
                 time.monotonic() - started,
             )
             return
+
+    async def _admitted(self, mv: ModelVersion) -> bool:
+        """With --workers, a version is routable only once every worker loaded it; one that
+        some worker could not load is served by none (it ends here as a failed load)."""
+        gate = self._options.publish_gate
+        if gate is None or await gate.ready(mv.id):
+            return True
+        msg = "not loaded by every worker; served by none"
+        log.error("model %s version %d: END, %s", mv.id.name, mv.id.version, msg)
+        await self._release(mv, drained=True)
+        self._set(mv.id.version, VersionState.END, "ABORTED", msg)
+        self.failed[mv.id.version] = msg
+        return False
 
     async def _load_once(self, sid: ServableId, path: Path) -> ModelVersion:
         servable = await to_thread.run_sync(
