@@ -122,6 +122,14 @@ def rss_mib(pid: int) -> float:
     return int(fields[1]) * PAGE / 2**20
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages (TensorFlow's libraries) split between processes."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -202,7 +210,8 @@ def workers_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                   "errors": r["errors"]})  # fmt: skip
                     print(f"  workers={workers} {model}: {r['rps']:.0f} req/s", flush=True)
                 rss = [rss_mib(p) for p in srv.pids()]
-                cells.append({"workers": workers, "round": rnd, "rss_mib": rss})
+                pss = [pss_mib(p) for p in srv.pids()]
+                cells.append({"workers": workers, "round": rnd, "rss_mib": rss, "pss_mib": pss})
                 if workers > 1:
                     skews += swaps_under_load(args, srv, repo, body, next_version)
                     next_version += args.swaps
@@ -332,8 +341,14 @@ def summary(res: dict[str, Any]) -> str:
         lines.append(f"- {model}: 1 worker {by[1]:.0f} req/s, 2 workers {by[2]:.0f} req/s "
                      f"({by[2] / by[1]:.2f}x)")  # fmt: skip
     for n in (1, 2):
-        rss = [c["rss_mib"] for c in w["cells"] if "rss_mib" in c and c["workers"] == n][-1]
-        lines.append(f"- RSS with {n} worker(s): " + ", ".join(f"{x:.0f} MiB" for x in rss))
+        mem = [c for c in w["cells"] if "rss_mib" in c and c["workers"] == n][-1]
+        lines.append(
+            f"- memory with {n} worker(s), per worker: RSS "
+            + ", ".join(f"{x:.0f}" for x in mem["rss_mib"])
+            + " MiB; PSS "
+            + ", ".join(f"{x:.0f}" for x in mem["pss_mib"])
+            + " MiB"
+        )
     if w["skews_ms"]:
         s = sorted(w["skews_ms"])
         lines.append(

@@ -34,6 +34,7 @@ from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.runtime import warmup as warmup_mod
+from app.runtime.memory import note_unload
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ class SavedModelServable:
             self._feeds = {}
         if session is not None:
             session.close()
+            note_unload()
             logger.info("Unloaded SavedModel %s", self._path)
 
 
