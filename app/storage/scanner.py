@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.layout import saved_model_file
-from app.core.source import ScanResult, VersionScanner, parse_version
+from app.core.scanner import ScanResult, VersionScanner, parse_version
 from app.core.types import ModelConfig
 from app.storage.cache import VersionCache
 from app.storage.complete import INDEX, graph_needs_variables, index_shard_count, missing_parts

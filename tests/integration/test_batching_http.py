@@ -202,7 +202,9 @@ async def test_expired_requests_never_reach_the_model(tmp_path: Path) -> None:
                 )
 
             tg.start_soon(occupy)
-            await anyio.sleep(0.1)  # the model is now busy for ~0.4 s more
+            with anyio.fail_after(10):  # the model is now busy for up to ~0.5 s more
+                while loader.servables[0].calls < 1:
+                    await anyio.sleep(0.005)
             r = await c.post(
                 f"{url}/v1/models/slow:predict",
                 json={"instances": [42.0]},
@@ -211,7 +213,7 @@ async def test_expired_requests_never_reach_the_model(tmp_path: Path) -> None:
             assert r.status_code == 504
             assert list(r.json()) == ["error"]
         assert busy[0].status_code == 200
-        await anyio.sleep(0.6)
+        await anyio.sleep(0.6)  # an absence: give a wrongly queued request time to run
         assert 42.0 not in loader.servables[0].seen
 
 

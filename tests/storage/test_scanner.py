@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.source import ScanResult
+from app.core.scanner import ScanResult
 from app.core.types import ModelConfig, VersionPolicy
 from app.storage.cache import MANIFEST, VersionCache
 from app.storage.scanner import RemoteScanner
