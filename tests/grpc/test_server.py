@@ -219,3 +219,20 @@ def test_readme_python_example(demo: GrpcServer, capsys: pytest.CaptureFixture[s
     code = section[section.index("```python") + len("```python") : section.index("```\n\nWith")]
     exec(compile(code.replace("localhost:8500", demo.target), "README", "exec"), {})
     assert capsys.readouterr().out.split() == ["[3.5", "4.", "5.5]", "2"]
+
+
+def test_workers_share_the_grpc_port(tmp_path: Path) -> None:
+    """--workers 2: each worker binds the gRPC port with SO_REUSEPORT (grpcio's default) and
+    answers; the kernel spreads connections over them."""
+    server = start(
+        [f"--model_config_file={demo_config(tmp_path)}", "--workers=2"], tmp_path / "server.log"
+    )
+    try:
+        for _ in range(8):  # a fresh connection each time, so both workers are likely asked
+            with grpc.insecure_channel(server.target) as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                out = stub.Predict(half_plus_two([2.0]), timeout=30)
+                assert tf.make_ndarray(out.outputs["y"]).tolist() == [4.0]
+    finally:
+        stop(server)
+    assert server.proc.log().count("gRPC serving on") == 2
