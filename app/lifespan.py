@@ -35,6 +35,7 @@ from app.core.types import BatchPolicy, ModelConfig, ServableId
 from app.errors import ConfigError
 from app.metrics import Metrics
 from app.settings import Settings
+from app.shutdown import remaining
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +207,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     with notice_exit_signals(begin_shutdown):
         async with anyio.create_task_group() as tg:
             await tg.start(registry.run)
-            tg.start_soon(source.run)
-            if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
-                tg.start_soon(poll_config, settings, registry, source, configs)
+            discovery = anyio.CancelScope()
+            tg.start_soon(_discover, discovery, settings, registry, source, configs)
             try:
                 yield
             finally:
                 begin_shutdown()
-                with anyio.CancelScope(shield=True):
-                    await registry.close(settings.drain_timeout_seconds)
+                # Discovery and config polling stop first: nothing new loads while we unload.
+                discovery.cancel()
+                deadline = getattr(app.state, "shutdown_deadline", None)
+                budget = remaining(deadline, settings.drain_timeout_seconds)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(budget) as scope:
+                    await registry.close(budget)
+                if scope.cancelled_caught:
+                    log.warning("shutdown: stopped unloading after %.1fs (budget)", budget)
                 tg.cancel_scope.cancel()
+
+
+async def _discover(
+    scope: anyio.CancelScope,
+    settings: Settings,
+    registry: Registry,
+    source: VersionSource,
+    configs: list[ModelConfig],
+) -> None:
+    """Version discovery and models.config polling, under one scope the shutdown cancels."""
+    with scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.run)
+            if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
+                tg.start_soon(poll_config, settings, registry, source, configs)
