@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -26,13 +26,15 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from app import config
+from app.control.events import EventLog
+from app.control.traffic import Traffic
 from app.core.batcher import Batcher, DirectRunner, Runner
 from app.core.lifecycle import LoadOptions, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
 from app.core.types import BatchPolicy, ModelConfig, ServableId
-from app.errors import ConfigError
+from app.errors import ConfigError, FailedPrecondition
 from app.metrics import Metrics
 from app.settings import Settings
 from app.shutdown import remaining
@@ -102,6 +104,46 @@ def default_loader(settings: Settings) -> tuple[Loader, Callable[[], None]]:
     return SavedModelLoader(
         tags=tags, intra_op_threads=intra, inter_op_threads=inter
     ), release_memory
+
+
+def observed_runners(
+    make: RunnerFactory, events: EventLog | None, traffic: Traffic | None
+) -> RunnerFactory:
+    """`make`, telling the event log a version is ready and counting its requests (status
+    page); `make` itself when neither is wired in."""
+    if events is None and traffic is None:
+        return make
+
+    def observed(sid: ServableId, servable: Servable, path: Path) -> Runner:
+        if events is not None:
+            events.version_ready(sid, path)
+        runner = make(sid, servable, path)
+        return traffic.wrap(sid.name, sid.version, runner) if traffic is not None else runner
+
+    return observed
+
+
+def config_reloader(
+    settings: Settings, registry: Registry, source: VersionSource
+) -> Callable[[], Awaitable[list[str]]]:
+    """The admin API's "reload the config now": read models.config and apply it; on error the
+    previous config stays (FailedPrecondition, without the file's path in the message)."""
+    path = Path(settings.model_config_file)
+
+    async def reload() -> list[str]:
+        try:
+            configs = await to_thread.run_sync(config.read_model_server_config, path)
+        except OSError as exc:
+            raise FailedPrecondition(f"Cannot read the model config file: {exc.strerror}") from None
+        except ConfigError as exc:
+            why = f"Invalid model config, kept the previous one: {exc.message}"
+            raise FailedPrecondition(why) from None
+        log.info("config reload (admin): %s", [c.name for c in configs])
+        registry.set_models(configs)
+        source.set_models(configs)
+        return [c.name for c in configs]
+
+    return reload
 
 
 async def poll_config(
@@ -175,14 +217,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: Metrics | None = getattr(app.state, "metrics", None)
     if metrics is not None:
         loader = metrics.timed_loader(loader)
+    events: EventLog | None = getattr(app.state, "events", None)
+    traffic: Traffic | None = getattr(app.state, "traffic", None)
+    if events is not None:
+        loader = events.timed_loader(loader)
     inference = anyio.CapacityLimiter(inference_threads(settings, policy))
     loads = anyio.CapacityLimiter(max(settings.num_load_threads, 1))
     registry = Registry(
         loader,
-        runner_factory(settings, policy, inference, metrics),
+        observed_runners(runner_factory(settings, policy, inference, metrics), events, traffic),
         loads,
         load_options(settings),
         release,
+        observe=events.observe if events is not None else None,
     )
     registry.set_models(configs)
     scanner = VersionScanner(settings.version_settle_seconds, settings.version_done_marker)
@@ -195,6 +242,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
+    app.state.reload_config = (
+        config_reloader(settings, registry, source) if settings.model_config_file else None
+    )
     log.info(
         "hotserve: serving %s (batching %s)",
         ", ".join(f"{c.name} <- {c.base_path}" for c in configs) or "no models",

@@ -26,6 +26,8 @@ from app import __version__
 from app.api.openapi import install_openapi
 from app.api.routes import Receive, RestOptions, Scope, Send, TFServingRest, is_v1
 from app.config import monitoring_config_for
+from app.control.admin import install_admin
+from app.control.page import install_status_page
 from app.core.registry import Registry
 from app.core.servable import Loader
 from app.lifespan import lifespan
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         observer=metrics.requests,
     )
     install_routes(app, metrics, monitoring_config_for(settings))
+    install_admin(app, settings)
+    install_status_page(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process serves HTTP")
     async def healthz() -> dict[str, str]:
