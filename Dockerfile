@@ -25,5 +25,11 @@ USER hotserve
 
 # 8500 is tensorflow/serving's gRPC port: accepted for compatibility, not served (REST only).
 EXPOSE 8500 8501
+# SIGTERM starts a graceful shutdown: /readyz answers 503 at once, in-flight requests drain
+# (--drain_timeout_seconds), then versions unload.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/healthz').status != 200)"
+# The entrypoint runs `hotserve` (TF Serving's flags). To run uvicorn's factory instead, e.g. for
+# uvicorn's own flags: --entrypoint uvicorn ... --factory app.main:create_app --host 0.0.0.0
+# --port 8501 (settings then come from MODEL_NAME/MODEL_BASE_PATH and HOTSERVE_* only).
 ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]

@@ -134,6 +134,8 @@ def format_help() -> str:
         "Flags accepted for compatibility only (no effect): "
         + ", ".join(f"--{name}" for name in TF_SERVING_FLAGS if name in COMPAT_ONLY_FLAGS),
         *ENVIRONMENT_NOTES,
+        "The same server without this command line: uvicorn --factory app.main:create_app"
+        " (settings from the environment only; host and port are uvicorn's flags).",
         "",
     ]
     return "\n".join(lines)

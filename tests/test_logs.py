@@ -56,3 +56,16 @@ def test_foreign_configuration_is_left_alone() -> None:
         assert configure_logging("debug") is False
         assert root.handlers == [theirs]
         assert root.level == logging.ERROR
+
+
+def test_create_app_applies_the_settings_log_level() -> None:
+    """What `uvicorn --factory app.main:create_app` relies on (HOTSERVE_LOG_LEVEL)."""
+    from app.main import create_app
+    from app.settings import Settings
+
+    with bare_root() as root:
+        create_app(Settings(log_level="warning"))
+        assert root.level == logging.WARNING
+        create_app(Settings(log_level="debug"))
+        assert root.level == logging.DEBUG
+        assert len(root.handlers) == 1
