@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return (serve or serve_with_uvicorn)(settings)
 
 
