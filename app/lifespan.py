@@ -46,6 +46,14 @@ PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 def load_options(settings: Settings) -> LoadOptions:
     interval = settings.load_retry_interval_micros / 1e6
+    check = settings.signature_check
+    if settings.allow_incompatible_signatures:
+        log.warning(
+            "--allow_incompatible_signatures is deprecated: it means --signature_check=off"
+            " (was %s)",
+            check,
+        )
+        check = "off"
     return LoadOptions(
         max_num_load_retries=max(settings.max_num_load_retries, 0),
         load_retry_interval_seconds=max(interval, 0.0),
@@ -54,7 +62,7 @@ def load_options(settings: Settings) -> LoadOptions:
         synthetic_warmup=settings.synthetic_warmup,
         drain_timeout_seconds=settings.drain_timeout_seconds,
         resource_preserving=settings.load_policy == "resource_preserving",
-        allow_incompatible_signatures=settings.allow_incompatible_signatures,
+        signature_check=check,
         load_thread_nice=settings.load_thread_nice,
     )
 

@@ -213,9 +213,16 @@ class Settings(BaseSettings):
     synthetic_warmup: bool = Field(
         default=False, description="warm up versions without a warmup file with generated requests"
     )
+    signature_check: Literal["used", "all", "off"] = Field(
+        default="used",
+        description="which signatures a new version must keep compatible (same inputs and"
+        " dtypes, no new required input, same outputs) to replace the serving version: used ="
+        " those clients called on it, all = every one, off = none (TF Serving's behaviour);"
+        " a refused version ends FAILED_PRECONDITION with the reason, without retries",
+    )
     allow_incompatible_signatures: bool = Field(
         default=False,
-        description="allow a new version whose signatures differ from the serving version's",
+        description="deprecated: the same as --signature_check=off",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="logging level"

@@ -46,25 +46,32 @@ SignatureMap = dict[str, Any]
 GraphBuilder = Callable[[], tuple[SignatureMap, dict[Any, np.ndarray]]]
 
 
-def _variable(name: str, value: Any, initial: dict[Any, np.ndarray]) -> Any:
+def variable(name: str, value: Any, initial: dict[Any, np.ndarray], *, ref: bool = False) -> Any:
     """A float32 variable whose value is recorded in ``initial`` to be fed at init time.
 
     Feeding keeps the weights out of the GraphDef (no multi-MB constants in saved_model.pb).
+    ``ref=True`` makes a TF1 reference variable (``VariableV2``, read through ``float32_ref``
+    tensors) like the ones in TF Serving's own test models; the default is a resource variable.
     """
     array = np.asarray(value, dtype=np.float32)
-    var = v1.Variable(tf.zeros(array.shape, tf.float32), name=name, dtype=tf.float32)
+    var = v1.Variable(
+        tf.zeros(array.shape, tf.float32),
+        name=name,
+        dtype=tf.float32,
+        use_resource=False if ref else None,
+    )
     initial[var] = array
     return var
 
 
-def _tensor_info(tensor: Any) -> Any:
+def tensor_info(tensor: Any) -> Any:
     return v1.saved_model.utils.build_tensor_info(tensor)
 
 
-def _signature(inputs: dict[str, Any], outputs: dict[str, Any], method: str) -> Any:
+def signature_def(inputs: dict[str, Any], outputs: dict[str, Any], method: str) -> Any:
     return v1.saved_model.signature_def_utils.build_signature_def(
-        inputs={k: _tensor_info(t) for k, t in inputs.items()},
-        outputs={k: _tensor_info(t) for k, t in outputs.items()},
+        inputs={k: tensor_info(t) for k, t in inputs.items()},
+        outputs={k: tensor_info(t) for k, t in outputs.items()},
         method_name=method,
     )
 
@@ -72,8 +79,8 @@ def _signature(inputs: dict[str, Any], outputs: dict[str, Any], method: str) -> 
 def _half_plus_two_graph(bias: float) -> GraphBuilder:
     def build() -> tuple[SignatureMap, dict[Any, np.ndarray]]:
         initial: dict[Any, np.ndarray] = {}
-        a = _variable("a", 0.5, initial)
-        b = _variable("b", bias, initial)
+        a = variable("a", 0.5, initial)
+        b = variable("b", bias, initial)
         x = v1.placeholder(tf.float32, shape=[None], name="x")
         y = tf.add(a * x, b, name="y")
 
@@ -82,15 +89,15 @@ def _half_plus_two_graph(bias: float) -> GraphBuilder:
         y_example = tf.add(a * features["x"], b, name="y_from_example")  # [-1, 1]
 
         signatures = {
-            "serving_default": _signature(
+            "serving_default": signature_def(
                 {"x": x}, {"y": y}, v1.saved_model.signature_constants.PREDICT_METHOD_NAME
             ),
-            "regress_x_to_y": _signature(
+            "regress_x_to_y": signature_def(
                 {"inputs": serialized},
                 {"outputs": y_example},
                 v1.saved_model.signature_constants.REGRESS_METHOD_NAME,
             ),
-            "classify_x_to_y": _signature(
+            "classify_x_to_y": signature_def(
                 {"inputs": serialized},
                 {"scores": y_example},
                 v1.saved_model.signature_constants.CLASSIFY_METHOD_NAME,
@@ -120,14 +127,14 @@ def _mlp_graph() -> tuple[SignatureMap, dict[Any, np.ndarray]]:
     layers = mlp_weights()
     for i, (kernel_val, bias_val) in enumerate(layers, start=1):
         with v1.variable_scope(f"dense{i}"):
-            kernel = _variable("kernel", kernel_val, initial)
-            bias = _variable("bias", bias_val, initial)
+            kernel = variable("kernel", kernel_val, initial)
+            bias = variable("bias", bias_val, initial)
         hidden = tf.matmul(hidden, kernel) + bias
         if i < len(layers):
             hidden = tf.nn.relu(hidden)
     probabilities = tf.nn.softmax(hidden, name="probabilities")
     signatures = {
-        "serving_default": _signature(
+        "serving_default": signature_def(
             {"images": images},
             {"probabilities": probabilities},
             v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
@@ -136,7 +143,7 @@ def _mlp_graph() -> tuple[SignatureMap, dict[Any, np.ndarray]]:
     return signatures, initial
 
 
-def _export(build: GraphBuilder, export_dir: Path) -> None:
+def export_graph(build: GraphBuilder, export_dir: Path) -> None:
     """Build a fresh graph, initialize its variables from numpy and save it (TF1 builder)."""
     graph = tf.Graph()
     with graph.as_default(), v1.Session(graph=graph) as sess:
@@ -159,10 +166,17 @@ def _write_mlp_warmup(version_dir: Path) -> None:
     log = prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request)
     )
+    write_warmup(version_dir, [log])
+
+
+def write_warmup(version_dir: Path, logs: list[Any]) -> None:
+    """Write ``PredictionLog`` protos as TF Serving's warmup file, a TFRecord in
+    ``<version>/assets.extra/tf_serving_warmup_requests``."""
     extra = version_dir / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
-        writer.write(log.SerializeToString())
+        for log in logs:
+            writer.write(log.SerializeToString())
 
 
 def _publish(
@@ -174,7 +188,7 @@ def _publish(
     staging_root = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         staged = staging_root / str(version)
-        _export(build, staged)
+        export_graph(build, staged)
         if warmup:
             _write_mlp_warmup(staged)
         if final.exists():
@@ -188,12 +202,12 @@ def _publish(
 def export_half_plus(export_dir: Path, bias: float) -> None:
     """A half_plus_two-style SavedModel computing 0.5*x + bias (hot-swap tests and benchmarks
     use a distinct bias per version to tell which version answered)."""
-    _export(_half_plus_two_graph(bias), export_dir)
+    export_graph(_half_plus_two_graph(bias), export_dir)
 
 
 def export_mlp(export_dir: Path) -> None:
     """The demo MLP with its warmup record (the swap benchmark republishes it as new versions)."""
-    _export(_mlp_graph, export_dir)
+    export_graph(_mlp_graph, export_dir)
     _write_mlp_warmup(export_dir)
 
 

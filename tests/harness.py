@@ -2,6 +2,11 @@
 
 Route tests use `running_app` + httpx.ASGITransport; anything about concurrency, hot swaps or
 shutdown uses `ServerProcess`, a real `python -m app` on 127.0.0.1 talking over sockets.
+
+Every process a test starts goes through `spawn`/`stop_process` (or `ServerProcess`, built on
+them): it runs in a process group of its own, is stopped on every path (a start that fails or
+times out included), and whatever is still alive at the end of the session is killed by the
+`_no_leaked_processes` fixture in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 import httpx
@@ -26,7 +32,33 @@ from app.main import create_app
 from app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-TESTDATA = REPO.parent / "shared" / "testdata"
+# TF Serving's own test models and expected responses. They live outside the repository (CI
+# keeps ../shared beside the checkout; a clone has no such folder) and may not be copied in, so
+# only the checks that compare against these exact files use them, through the
+# `tf_serving_testdata` fixture, which skips when the folder is missing. Everything else runs on
+# the equivalents scripts/make_test_models.py builds (the `testdata` fixture).
+TF_SERVING_TESTDATA = REPO.parent / "shared" / "testdata"
+MAKE_TEST_MODELS = REPO / "scripts" / "make_test_models.py"
+
+
+def build_test_models(out: Path, timeout: float = 300.0) -> Path:
+    """Run scripts/make_test_models.py into `out` and return it.
+
+    In a subprocess: building TF1 graphs and a TF2 module leaves global TensorFlow state
+    (default graph, eager context, op registrations) that the tests' own loads must not see.
+    Raises RuntimeError with the script's output when it fails.
+    """
+    done = subprocess.run(
+        [sys.executable, str(MAKE_TEST_MODELS), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{MAKE_TEST_MODELS.name} failed ({done.returncode}):\n{done.stderr}")
+    return out
 
 
 def models_config(entries: dict[str, str], extra: dict[str, str] | None = None) -> str:
@@ -85,8 +117,65 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Processes started by `spawn` and not yet reaped by `stop_process`: the session-end safety net.
+LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def spawn(args: Sequence[str], out: BinaryIO, **kw: Any) -> subprocess.Popen[bytes]:
+    """Popen `args` in a new session (so its whole process group can be signalled), output to
+    `out`, registered in LIVE until `stop_process` reaps it."""
+    proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True, **kw)
+    LIVE.add(proc)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM (a graceful shutdown), SIGKILL after `timeout` s; then SIGKILL whatever is left in
+    its process group (a shell's children, say). Returns the exit code; idempotent."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return proc.wait()
+    finally:
+        _kill_group(proc)
+        LIVE.discard(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    timeout: float,
+    describe: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `url` until it answers 200. Raises RuntimeError if the process exits first and
+    TimeoutError after `timeout` s; the caller still owns (and must stop) the process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{describe()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready in {timeout}s:\n{describe()}")
+
+
 class ServerProcess:
-    """`python -m app` on 127.0.0.1:<free port>, stopped (SIGTERM, then SIGKILL) on exit."""
+    """`python -m app` on 127.0.0.1:<free port>, stopped (SIGTERM, then SIGKILL) by `stop`.
+
+    `start` stops the process itself when the server exits or never becomes ready, so a failed
+    start leaves nothing running; after a successful start the caller owns it (use `server` or
+    `with ServerProcess(...) as s:` to have it stopped on every path).
+    """
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -95,48 +184,42 @@ class ServerProcess:
         self.env = {**os.environ, "HOTSERVE_HOST": "127.0.0.1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
-        self._out: BinaryIO
+        self._out: BinaryIO | None = None
 
     def start(self, log_path: Path, ready_timeout: float = 60.0, wait_ready: bool = True) -> None:
         self.log_path = log_path
         self._out = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.args, cwd=REPO, env=self.env, stdout=self._out, stderr=self._out
-        )
-        deadline = time.monotonic() + ready_timeout
-        path = "/readyz" if wait_ready else "/healthz"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready in {ready_timeout}s:\n{self.log()}")
+        try:
+            self.proc = spawn(self.args, self._out, cwd=REPO, env=self.env)
+            path = "/readyz" if wait_ready else "/healthz"
+            wait_until_ready(self.proc, self.url + path, ready_timeout, self.log)
+        except BaseException:
+            self.stop()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Stop the server (idempotent); its exit code, or None if it never started."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            return stop_process(self.proc, timeout) if self.proc is not None else None
         finally:
-            self._out.close()
+            if self._out is not None:
+                self._out.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextlib.contextmanager
 def server(args: Sequence[str], log_path: Path, **kw: object) -> Iterator[ServerProcess]:
-    proc = ServerProcess(args)
-    proc.start(log_path, **kw)  # type: ignore[arg-type]
-    try:
+    with ServerProcess(args) as proc:
+        proc.start(log_path, **kw)  # type: ignore[arg-type]
         yield proc
-    finally:
-        proc.stop()
 
 
 @contextlib.contextmanager
@@ -151,19 +234,20 @@ def threaded_server(app: FastAPI, ready_timeout: float = 30.0) -> Iterator[str]:
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + ready_timeout
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.monotonic() + ready_timeout
+        while not srv.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = srv.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
         while httpx.get(url + "/readyz").status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError("models did not become ready")
             time.sleep(0.05)
         yield url
     finally:
+        # Also when it never started or never became ready: the thread must not outlive the test.
         srv.should_exit = True
         thread.join(30)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.harness import REPO, free_port
+from tests.harness import REPO, free_port, spawn, stop_process, wait_until_ready
 
 
 def test_entrypoint_serves_model_base_path_slash_model_name(tmp_path: Path) -> None:
@@ -28,24 +26,16 @@ def test_entrypoint_serves_model_base_path_slash_model_name(tmp_path: Path) -> N
     }
     # Extra container arguments are appended and override the image's defaults, as in TFS.
     cmd = [str(REPO / "docker" / "entrypoint.sh"), f"--rest_api_port={port}"]
-    log = (tmp_path / "log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "log").read_text()
-            time.sleep(0.2)
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/models/my_model:predict", json={"instances": [1.0]}
-        )
-        assert r.json() == {"predictions": [3.5]}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with (tmp_path / "log").open("wb") as log:
+        proc = spawn(cmd, log, env=env)
+        try:
+            wait_until_ready(
+                proc, f"http://127.0.0.1:{port}/readyz", 60, (tmp_path / "log").read_text
+            )
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/models/my_model:predict", json={"instances": [1.0]}
+            )
+            assert r.json() == {"predictions": [3.5]}
+        finally:
+            stop_process(proc)
     assert "model my_model version 2: AVAILABLE" in (tmp_path / "log").read_text()

@@ -22,7 +22,7 @@ import pytest
 
 from app.cli import EXIT_FAILURE, _serve_with_uvicorn
 from app.settings import Settings
-from tests.harness import REPO, free_port
+from tests.harness import REPO, free_port, spawn, stop_process
 
 MODEL = REPO / "models" / "half_plus_two"  # versions 1 and 2; the latest (2) is served
 AVAILABLE = "model half_plus_two version 2: AVAILABLE"
@@ -46,19 +46,14 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def _process(
     cmd: list[str], env: dict[str, str], log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `cmd`; on every path, SIGTERM it (SIGKILL after 30 s) and close its log."""
+    """Run `cmd`; on every path, SIGTERM it (SIGKILL after 30 s, to its whole process group)
+    and close its log."""
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(cmd, log, cwd=REPO, env=env)
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def _wait_for(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> None:

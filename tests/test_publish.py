@@ -13,9 +13,7 @@ import pytest
 from app.core.source import VersionScanner
 from app.core.types import ModelConfig
 from app.publish import TMP_PREFIX, main, publish
-
-REPO = Path(__file__).resolve().parents[1]
-TESTDATA = REPO.parent / "shared" / "testdata"
+from tests.harness import REPO
 
 
 @pytest.fixture
@@ -125,10 +123,8 @@ def test_main_prints_the_path_and_reports_errors(
     assert "version 4 already exists" in capsys.readouterr().err
 
 
-def test_script_works_from_any_directory(tmp_path: Path) -> None:
-    src = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
-    if not src.is_dir():
-        pytest.skip(f"test data not found at {src}")
+def test_script_works_from_any_directory(tmp_path: Path, testdata: Path) -> None:
+    src = testdata / "saved_model_half_plus_two_cpu" / "00000123"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHON"] = sys.executable
     done = subprocess.run(

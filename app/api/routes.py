@@ -255,6 +255,7 @@ class TFServingRest:
                 f"Expected {verb} signature method_name to be {METHODS[verb]}. "
                 f"Was: {sig.method_name}"
             )
+        mv.mark_used(sig.name)  # --signature_check=used protects what clients call
         return sig
 
     async def _run(

@@ -1,5 +1,5 @@
 """What makes a SavedModel directory complete: the one definition the version scanner
-(`core.source`), the publisher (`app.publish`) and the TensorFlow loader (`runtime.saved_model`)
+(`core.scanner`), the publisher (`app.publish`) and the TensorFlow loader (`runtime.saved_model`)
 share. Pure file-system checks, no TensorFlow; safe from any thread.
 
 TensorFlow's loader (`tensorflow/cc/saved_model/reader.cc`, `ReadSavedModel`) looks for

@@ -10,57 +10,43 @@ Policies (TF Serving's, see spec 9.2):
   then drain and unload the old one. Never unload the last serving version unless nothing is
   aspired at all.
 - resource preserving: unload what is no longer aspired first, then load.
+
+Retries (TF Serving's LoaderHarness retries, cancelled by the AspiredVersionsManager once a
+version is no longer aspired): a failed attempt is retried `max_num_load_retries` times,
+`load_retry_interval_seconds` apart, but the back-off is a due time, never a sleep. While a
+version waits, the reconciler serves every other input: a new aspired set is reconciled at once,
+a version that leaves the aspired set stops retrying at once, the highest due version always loads
+first (a good 10 never waits behind a retrying 9), and a version whose files change in place (a
+new `ScanResult.generations` value) is tried again from scratch, even after it gave up. A load
+already running in a worker thread cannot be interrupted; the reconciler looks again as soon as
+it returns. A refusal by the signature policy (app.core.signatures) is deterministic: no retry.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
-from anyio import to_thread
+import anyio.abc
 
-from app.core.batcher import Runner
 from app.core.overrides import NONE as NO_OVERRIDES
 from app.core.overrides import Overrides
 from app.core.priority import LoadPriority
-from app.core.servable import Loader, Servable
-from app.core.source import ScanResult
-from app.core.types import (
-    ModelConfig,
-    ServableId,
-    Signature,
-    TensorSpec,
-    VersionState,
-    VersionStatus,
-)
-from app.errors import HotserveError, LoadError
+from app.core.scanner import ScanResult
+from app.core.servable import Loader
+from app.core.signatures import IncompatibleVersion, refusal
+from app.core.types import ModelConfig, ServableId, Signature, VersionState, VersionStatus
+from app.core.versions import LoadOptions, ModelVersion, RunnerFactory, VersionWork
+from app.errors import HotserveError
+
+__all__ = ["LoadOptions", "ModelRoute", "ModelState", "ModelVersion", "RunnerFactory"]
 
 log = logging.getLogger(__name__)
-
-
-RunnerFactory = Callable[[ServableId, Servable, Path], Runner]
-
-
-@dataclass(eq=False)
-class ModelVersion:
-    """One loaded version: its servable, its runner (batcher or direct) and its refcount."""
-
-    id: ServableId
-    path: Path
-    servable: Servable
-    runner: Runner
-    signatures: Mapping[str, Signature]
-    refcount: int = 0
-    idle: anyio.Event = field(default_factory=anyio.Event)
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
 
 
 @dataclass(frozen=True)
@@ -72,48 +58,24 @@ class ModelRoute:
     labels: Mapping[str, int]
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    max_num_load_retries: int = 5
-    load_retry_interval_seconds: float = 60.0
-    enable_warmup: bool = True
-    warmup_iterations: int = 1
-    synthetic_warmup: bool = False
-    drain_timeout_seconds: float = 30.0
-    resource_preserving: bool = False
-    allow_incompatible_signatures: bool = False
-    load_thread_nice: int = 5
+@dataclass
+class _Attempts:
+    """Load attempts of one version since it was (re)discovered: LoaderHarness's retry state."""
 
-
-def _changed(
-    kind: str, old: Signature, theirs: dict[str, TensorSpec], ours: dict[str, TensorSpec]
-) -> str | None:
-    for alias, spec in theirs.items():
-        got = ours.get(alias)
-        if got is None:
-            return f"signature {old.name!r} lost {kind} {alias!r}"
-        if got.dtype != spec.dtype:
-            return (
-                f"signature {old.name!r} {kind} {alias!r} changed dtype {spec.dtype} -> {got.dtype}"
-            )
-    return None
-
-
-def incompatibility(old: Signature, new: Signature | None) -> str | None:
-    """Why `new` cannot replace `old` for existing clients, or None when it can."""
-    if new is None:
-        return f"signature {old.name!r} is missing"
-    why = _changed("input", old, old.inputs, new.inputs)
-    if why is not None:
-        return why
-    added = sorted(set(new.inputs) - set(old.inputs))
-    if added:
-        return f"signature {old.name!r} requires new inputs {added}"
-    return _changed("output", old, old.outputs, new.outputs)
+    generation: int  # ScanResult.generations value the attempts were made against
+    count: int = 0
+    retry_at: float = 0.0  # time.monotonic() when the next attempt is due
+    gave_up: bool = False
+    code: str = "OK"
+    message: str = ""
 
 
 class ModelState:
-    """Lifecycle and routing state of one configured model."""
+    """Lifecycle and routing state of one configured model.
+
+    `statuses` holds only what this state did; `status_view()` adds what a previous state of the
+    same model name (removed from the configuration, then added back) reports, as a copy.
+    """
 
     def __init__(
         self,
@@ -126,22 +88,30 @@ class ModelState:
         publish: Callable[[], None],
         release_memory: Callable[[], None],
         priority: LoadPriority,
-        statuses: dict[int, VersionStatus] | None = None,
+        previous: ModelState | None = None,
         observe: Callable[[str, VersionStatus], None] | None = None,
     ) -> None:
         self.config = config
-        self._loader = loader
-        self._runner_factory = runner_factory
-        self._limiter = load_limiter
         self._options = options
         self._publish = publish
-        self._release_memory = release_memory
-        self._priority = priority
-        self.statuses: dict[int, VersionStatus] = statuses if statuses is not None else {}
+        self._work = VersionWork(
+            loader=loader,
+            runner_factory=runner_factory,
+            limiter=load_limiter,
+            options=options,
+            release_memory=release_memory,
+            priority=priority,
+        )
+        self.statuses: dict[int, VersionStatus] = {}
+        self._previous = previous
+        self._inherited: dict[int, VersionStatus] = {}
         self.loaded: dict[int, ModelVersion] = {}
-        self.failed: dict[int, str] = {}
+        self._unloading: set[ModelVersion] = set()  # out of the routes, draining
+        self._unloads: anyio.abc.TaskGroup | None = None  # run()'s, for background unloads
+        self._attempts: dict[int, _Attempts] = {}
         self.active = True
         self._found: dict[int, Path] = {}
+        self._generations: Mapping[int, int] = {}
         self._aspired: frozenset[int] | None = None  # None: no successful scan yet
         self._scanned: frozenset[int] | None = None  # the source's aspired set, before overrides
         self.overrides = NO_OVERRIDES
@@ -163,10 +133,15 @@ class ModelState:
                 )
             return
         self._found = dict(result.found)
+        self._generations = dict(result.generations)
+        for v, attempts in list(self._attempts.items()):
+            if v in self._found and self._generations.get(v, 0) != attempts.generation:
+                log.info("model %s version %d: changed on disk; loading it again", self.name, v)
+                del self._attempts[v]
         self._scanned = result.aspired
         aspired = self.overrides.aspired(result.aspired)
         if self._aspired != aspired:
-            log.info("model %s: aspired versions %s", self.config.name, sorted(aspired))
+            log.info("model %s: aspired versions %s", self.name, sorted(aspired))
         self._aspired = aspired
         self._wake.set()
 
@@ -195,6 +170,27 @@ class ModelState:
         self.active = False
         self._aspired = frozenset()
         self._wake.set()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    @property
+    def failed(self) -> dict[int, str]:
+        """Versions that gave up (END with an error), with the last error message."""
+        return {v: a.message for v, a in self._attempts.items() if a.gave_up}
+
+    def status_view(self) -> dict[int, VersionStatus]:
+        """Every version this model name ever tracked: a fresh dict, safe to keep or change."""
+        prev = self._previous
+        if prev is not None and prev.stopped:  # it will not change any more: keep a copy only
+            self._inherited, self._previous, prev = prev.status_view(), None, None
+        base = prev.status_view() if prev is not None else self._inherited
+        return {**base, **self.statuses}
 
     # ---- routing ------------------------------------------------------------------------
 
@@ -237,32 +233,66 @@ class ModelState:
     # ---- the reconciler -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile whenever a scan or config change wakes us; return once retired and empty."""
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
+        """Reconcile on every scan, config change or due retry; return once retired and empty.
+
+        A replaced version drains and unloads in a task of its own (availability preserving), so
+        a slow request still running on it never holds up the next load."""
+        async with anyio.create_task_group() as unloads:
+            self._unloads = unloads
             try:
-                await self._reconcile()
-            except Exception:
-                log.exception("model %s: reconcile failed", self.config.name)
-            if not self.active and not self.loaded:
-                self._publish()
-                self._stopped.set()
-                return
+                while True:
+                    with anyio.move_on_after(self._next_retry_in()):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    try:
+                        await self._reconcile()
+                    except Exception:
+                        log.exception("model %s: reconcile failed", self.name)
+                    if not self.active and not self.loaded:
+                        break
+            finally:
+                self._unloads = None
+        self._publish()
+        self._stopped.set()
+
+    def _next_retry_in(self) -> float:
+        """Seconds until the earliest retry of an aspired version is due (inf: none waits)."""
+        due = [
+            a.retry_at
+            for v, a in self._attempts.items()
+            if not a.gave_up and v in (self._aspired or ())
+        ]
+        return max(min(due) - time.monotonic(), 0.0) if due else math.inf
 
     async def _reconcile(self) -> None:
         aspired = self._aspired
         if aspired is None:
             return
-        for v in [v for v in self.failed if v not in aspired]:
-            del self.failed[v]  # re-publishing a removed version later retries it
-        to_load = sorted(aspired - self.loaded.keys() - self.failed.keys(), reverse=True)
+        self._cancel_unaspired(aspired)
         if self._options.resource_preserving:
             await self._unload_unaspired(aspired)
-        for v in to_load:
-            if v in self._found and v in (self._aspired or ()):
-                await self._load(v, self._found[v])
+        while (version := self._next_due()) is not None:
+            await self._attempt(version, self._found[version])
+            if self._wake.is_set():
+                return  # newer input arrived during the load: run() reconciles again at once
         await self._unload_unaspired(self._aspired or frozenset())
+
+    def _cancel_unaspired(self, aspired: frozenset[int]) -> None:
+        """Stop retrying versions that left the aspired set (a later re-publish starts over)."""
+        for v in [v for v in self._attempts if v not in aspired]:
+            a = self._attempts.pop(v)
+            if not a.gave_up:
+                log.info("model %s version %d: no longer aspired; retries cancelled", self.name, v)
+                self._set(v, VersionState.END, a.code, f"{a.message} (retries cancelled)")
+
+    def _next_due(self) -> int | None:
+        """The highest aspired version that should load now, if any."""
+        now = time.monotonic()
+        for v in sorted((self._aspired or frozenset()) - self.loaded.keys(), reverse=True):
+            a = self._attempts.get(v)
+            if v in self._found and (a is None or (not a.gave_up and a.retry_at <= now)):
+                return v
+        return None
 
     async def _unload_unaspired(self, aspired: frozenset[int]) -> None:
         stale = sorted(self.loaded.keys() - aspired)
@@ -270,135 +300,135 @@ class ModelState:
             return
         serving_aspired = any(v in self.loaded for v in aspired)
         if aspired and not serving_aspired and not self._options.resource_preserving:
-            log.info(
-                "model %s: keeping %s until an aspired version is available",
-                self.config.name,
-                stale,
-            )
+            log.info("model %s: keeping %s until an aspired version is available", self.name, stale)
             return
         for v in stale:
             if v in (self._aspired or ()):
                 continue  # aspired again while an earlier one drained (an admin pin or load)
-            await self._unload(v)
+            mv = self._begin_unload(v)
+            if self._unloads is None or self._options.resource_preserving:
+                await self._finish_unload(mv)  # the next load needs its memory
+            else:
+                self._unloads.start_soon(self._finish_unload, mv)
 
     def _set(self, version: int, state: VersionState, code: str = "OK", msg: str = "") -> None:
         status = self.statuses[version] = VersionStatus(version, state, code, msg)
         if self._observe is not None:
             self._observe(self.config.name, status)
 
-    async def _load(self, version: int, path: Path) -> None:
-        sid = ServableId(self.config.name, version)
-        self._set(version, VersionState.START)
-        self._set(version, VersionState.LOADING)
-        log.info("model %s version %d: LOADING from %s", sid.name, version, path)
-        tries = self._options.max_num_load_retries + 1
-        for attempt in range(1, tries + 1):
-            started = time.monotonic()
-            try:
-                mv = await self._load_once(sid, path)
-            except Exception as exc:  # any failure of a load must leave serving untouched
-                code = exc.code if isinstance(exc, HotserveError) else "UNKNOWN"
-                msg = exc.message if isinstance(exc, HotserveError) else repr(exc)
-                still_wanted = self.active and version in (self._aspired or ())
-                if attempt < tries and still_wanted:
-                    log.warning(
-                        "model %s version %d: load attempt %d/%d failed after %.2fs: %s; "
-                        "retrying in %.1fs",
-                        sid.name,
-                        version,
-                        attempt,
-                        tries,
-                        time.monotonic() - started,
-                        msg,
-                        self._options.load_retry_interval_seconds,
-                    )
-                    await anyio.sleep(max(self._options.load_retry_interval_seconds, 0.0))
-                    continue
-                log.error("model %s version %d: END, load failed: %s", sid.name, version, msg)
-                self._set(version, VersionState.END, code, msg)
-                self.failed[version] = msg
-                return
-            if not self.active or version not in (self._aspired or ()):
-                log.info("model %s version %d: no longer aspired after loading", sid.name, version)
-                await self._release(mv, drained=True)
-                self._set(version, VersionState.END)
-                return
-            self.loaded[version] = mv
-            self._publish()
-            self._set(version, VersionState.AVAILABLE)
-            log.info(
-                "model %s version %d: AVAILABLE (load+warmup %.2fs)",
-                sid.name,
-                version,
-                time.monotonic() - started,
-            )
-            return
-
-    async def _load_once(self, sid: ServableId, path: Path) -> ModelVersion:
-        servable = await to_thread.run_sync(
-            self._priority.call, self._loader.load, path, limiter=self._limiter
-        )
+    async def _attempt(self, version: int, path: Path) -> None:
+        """One load attempt of `version`; on failure schedule a retry or give up."""
+        sid = ServableId(self.name, version)
+        attempts = self._attempts.get(version)
+        if attempts is None:
+            attempts = self._attempts[version] = _Attempts(self._generations.get(version, 0))
+            self._set(version, VersionState.START)
+            self._set(version, VersionState.LOADING)
+            log.info("model %s version %d: LOADING from %s", sid.name, version, path)
+        started = time.monotonic()
         try:
-            self._check_compatible(sid.version, servable)
-            records = await self._warm(servable)
-            runner = self._runner_factory(sid, servable, path)
-        except BaseException:
-            await to_thread.run_sync(servable.unload, limiter=self._limiter)
-            raise
-        log.info("model %s version %d: warmed up with %d records", sid.name, sid.version, records)
-        return ModelVersion(
-            id=sid,
-            path=path,
-            servable=servable,
-            runner=runner,
-            signatures=dict(servable.signatures),
+            mv = await self._work.load(
+                sid, path, lambda signatures: self._check_signatures(version, signatures)
+            )
+        except Exception as exc:  # any failure of a load must leave serving untouched
+            self._failed(version, attempts, exc, started)
+            return
+        if not self.active or version not in (self._aspired or ()):
+            log.info("model %s version %d: no longer aspired after loading", sid.name, version)
+            self._attempts.pop(version, None)
+            await self._work.release(mv, drained=True)
+            self._set(version, VersionState.END)
+            return
+        try:  # again, synchronously with the swap: clients may have called a signature meanwhile
+            self._check_signatures(version, mv.signatures)
+        except IncompatibleVersion as exc:
+            await self._work.release(mv, drained=True)
+            self._failed(version, attempts, exc, started)
+            return
+        self._attempts.pop(version, None)
+        self._inherit_used(mv)
+        self.loaded[version] = mv
+        self._publish()
+        self._set(version, VersionState.AVAILABLE)
+        log.info(
+            "model %s version %d: AVAILABLE (load+warmup %.2fs)",
+            sid.name,
+            version,
+            time.monotonic() - started,
         )
 
-    def _check_compatible(self, version: int, servable: Servable) -> None:
-        """Only a version that takes over the default route replaces one; versions served side
-        by side (policy all/specific, below the latest) are independent."""
-        if self._options.allow_incompatible_signatures or not self.loaded:
+    def _failed(self, version: int, a: _Attempts, exc: Exception, started: float) -> None:
+        a.count += 1
+        a.code = exc.code if isinstance(exc, HotserveError) else "UNKNOWN"
+        a.message = exc.message if isinstance(exc, HotserveError) else repr(exc)
+        tries = self._options.max_num_load_retries + 1
+        wanted = self.active and version in (self._aspired or ())
+        if isinstance(exc, IncompatibleVersion) or a.count >= tries or not wanted:
+            why = "refused" if isinstance(exc, IncompatibleVersion) else "load failed"
+            log.error("model %s version %d: END, %s: %s", self.name, version, why, a.message)
+            self._set(version, VersionState.END, a.code, a.message)
+            a.gave_up = True
+            if not wanted:  # a later re-publish starts over
+                self._attempts.pop(version, None)
             return
+        interval = max(self._options.load_retry_interval_seconds, 0.0)
+        a.retry_at = time.monotonic() + interval
+        log.warning(
+            "model %s version %d: load attempt %d/%d failed after %.2fs: %s; retrying in %.1fs",
+            self.name,
+            version,
+            a.count,
+            tries,
+            time.monotonic() - started,
+            a.message,
+            interval,
+        )
+
+    def _replaces(self, version: int) -> ModelVersion | None:
+        """The serving version `version` would take the default route from, if any. Versions
+        served side by side below the latest (policy all/specific) replace nothing."""
+        if not self.loaded:
+            return None
         current = self.loaded[max(self.loaded)]
-        if version < current.id.version:
+        return current if version > current.id.version else None
+
+    def _check_signatures(self, version: int, signatures: Mapping[str, Signature]) -> None:
+        current = self._replaces(version)
+        if current is None:
             return
-        for name, old in current.signatures.items():
-            if not old.inputs:
-                continue
-            why = incompatibility(old, servable.signatures.get(name))
-            if why is not None:
-                raise LoadError(
-                    f"incompatible with serving version {current.id.version}: {why} "
-                    "(set allow_incompatible_signatures to replace it anyway)",
-                    "FAILED_PRECONDITION",
-                )
-
-    async def _warm(self, servable: Servable) -> int:
-        if not self._options.enable_warmup:
-            return 0
-        n = await to_thread.run_sync(
-            self._priority.call,
-            servable.warmup,
-            self._options.warmup_iterations,
-            limiter=self._limiter,
+        why = refusal(
+            self._options.signature_check,
+            current.id.version,
+            current.signatures,
+            current.used,
+            signatures,
         )
-        if n == 0 and self._options.synthetic_warmup:
-            synthetic = getattr(servable, "synthetic_warmup", None)
-            if synthetic is not None:
-                n = int(
-                    await to_thread.run_sync(self._priority.call, synthetic, limiter=self._limiter)
-                )
-        return int(n)
+        if why is not None:
+            raise IncompatibleVersion(why)
 
-    async def _unload(self, version: int) -> None:
+    def _inherit_used(self, mv: ModelVersion) -> None:
+        """Clients of the version being replaced stay clients of its successor."""
+        current = self._replaces(mv.id.version)
+        if current is not None:
+            mv.used.update(name for name in current.used if name in mv.signatures)
+
+    def _begin_unload(self, version: int) -> ModelVersion:
+        """Take `version` out of the routes now (UNLOADING); `_finish_unload` drains it."""
         mv = self.loaded.pop(version)
+        self._unloading.add(mv)
         self._set(version, VersionState.UNLOADING)
         self._publish()
         log.info("model %s version %d: UNLOADING (%d in flight)", mv.id.name, version, mv.refcount)
+        return mv
+
+    async def _finish_unload(self, mv: ModelVersion) -> None:
         started = time.monotonic()
-        drained = await self._drain(mv)
-        await self._release(mv, drained)
-        self._set(version, VersionState.END)
+        drained = await self._work.drain(mv)
+        await self._work.release(mv, drained)
+        self._unloading.discard(mv)
+        version = mv.id.version
+        if version not in self.loaded and version not in self._attempts:  # not loading anew
+            self._set(version, VersionState.END)
         log.info(
             "model %s version %d: END (drain+unload %.2fs)",
             mv.id.name,
@@ -406,31 +436,13 @@ class ModelState:
             time.monotonic() - started,
         )
 
-    async def _drain(self, mv: ModelVersion) -> bool:
-        with anyio.move_on_after(self._options.drain_timeout_seconds):
-            while mv.refcount > 0:
-                await mv.idle.wait()
-        if mv.refcount > 0:
-            log.warning(
-                "model %s version %d: gave up waiting for %d in-flight requests after %.1fs; "
-                "it is released when they finish",
-                mv.id.name,
-                mv.id.version,
-                mv.refcount,
-                self._options.drain_timeout_seconds,
-            )
-            return False
-        return True
-
-    async def _release(self, mv: ModelVersion, drained: bool) -> None:
-        await mv.runner.close(timeout=self._options.drain_timeout_seconds)
-        if drained:
-            await to_thread.run_sync(mv.servable.unload, limiter=self._limiter)
-        mv.cache.clear()
-        await to_thread.run_sync(self._release_memory, limiter=self._limiter)
-
     async def shutdown(self, timeout: float) -> None:
+        """Unload everything, including versions whose background drain the cancellation of
+        run() cut short (releasing twice is safe: runners and servables close idempotently)."""
         self.active = False
         self._aspired = frozenset()
+        self._cancel_unaspired(frozenset())
         for v in sorted(self.loaded):
-            await self._unload(v)
+            self._begin_unload(v)
+        for mv in sorted(self._unloading, key=lambda m: m.id.version):
+            await self._finish_unload(mv)

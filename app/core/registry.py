@@ -7,7 +7,7 @@ Threading contract:
 - Everything here runs on the event-loop thread. Blocking work (load, warmup, unload) goes to the
   load limiter through `anyio.to_thread.run_sync`.
 - `acquire()` is synchronous and lock-free: it reads `self._snapshot` (one attribute) and bumps
-  the chosen version's refcount. Only the per-model reconcilers (`_Model.reconcile`) replace the
+  the chosen version's refcount. Only the per-model reconcilers (`ModelState.run`) replace the
   snapshot, in one assignment.
 - A version is released only after it left the snapshot AND its refcount reached zero (bounded by
   the drain timeout), so a request that resolved a version always finishes on it.
@@ -32,8 +32,8 @@ from app.core.lifecycle import (
 )
 from app.core.overrides import Overrides
 from app.core.priority import LoadPriority
+from app.core.scanner import ScanResult
 from app.core.servable import Loader
-from app.core.source import ScanResult
 from app.core.types import ModelConfig, VersionStatus
 from app.errors import InvalidArgument, NotFound
 
@@ -88,6 +88,7 @@ class Registry:
         self._observe = observe  # called with every version state change (app.control.events)
         self._snapshot: Snapshot = EMPTY
         self._models: dict[str, ModelState] = {}
+        self._replaced: list[ModelState] = []  # retired states superseded by a new one
         self._tg: anyio.abc.TaskGroup | None = None
         self._run_done = anyio.Event()
 
@@ -127,14 +128,15 @@ class Registry:
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """TF Serving's GetModelStatus: every version ever tracked, highest first."""
         model = self._models.get(name)
-        if model is None or not model.statuses:
+        statuses = model.status_view() if model is not None else {}
+        if not statuses:
             raise NotFound(f"Could not find any versions of model {name}")
         if version is not None:
-            st = model.statuses.get(version)
+            st = statuses.get(version)
             if st is None:
                 raise NotFound(f"Could not find version {version} of model {name}")
             return [st]
-        return [model.statuses[v] for v in sorted(model.statuses, reverse=True)]
+        return [statuses[v] for v in sorted(statuses, reverse=True)]
 
     def model_names(self) -> list[str]:
         return sorted(self._models)
@@ -169,6 +171,8 @@ class Registry:
         for name, cfg in wanted.items():
             model = self._models.get(name)
             if model is None or not model.active:
+                if model is not None:  # retired and added back: the old state may still drain
+                    self._replaced = [m for m in self._replaced if not m.stopped] + [model]
                 model = self._new_model(cfg, model)
                 self._models[name] = model
                 if self._tg is not None:
@@ -182,6 +186,8 @@ class Registry:
                 model.retire()
 
     def _new_model(self, cfg: ModelConfig, previous: ModelState | None) -> ModelState:
+        """A fresh state; a retired `previous` of the same name is only read (its statuses show
+        under the new state's until the new state reports those versions itself), never shared."""
         return ModelState(
             cfg,
             loader=self._loader,
@@ -191,7 +197,7 @@ class Registry:
             publish=self._publish,
             release_memory=self._release_memory,
             priority=self._priority,
-            statuses=previous.statuses if previous is not None else None,
+            previous=previous,
             observe=self._observe,
         )
 
@@ -237,7 +243,7 @@ class Registry:
                 await self._run_done.wait()
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as tg:
-                for model in self._models.values():
+                for model in [*self._models.values(), *self._replaced]:
                     tg.start_soon(model.shutdown, timeout)
         if scope.cancelled_caught:
             log.warning("shutdown: gave up unloading after %.1fs", timeout)

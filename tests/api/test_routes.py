@@ -1,4 +1,6 @@
-"""TF Serving's REST API over HTTP (in-process ASGI), against every testdata model TF 2 loads."""
+"""TF Serving's REST API over HTTP (in-process ASGI), against the test models (the `testdata`
+fixture: scripts/make_test_models.py's rebuild of TF Serving's), plus TF Serving's own oneDNN
+variant and expected metadata JSON where ../shared/testdata exists."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import gzip
 import json
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from app.settings import Settings
-from tests.harness import TESTDATA, models_config, running_app
+from tests.harness import TF_SERVING_TESTDATA, models_config, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -27,7 +30,6 @@ MODELS = {
     "matrix": "matrix_half_plus_two",
     "multi": "conformance_multi_io",
     "warm": "saved_model_half_plus_two_with_warmup",
-    "mkl": "saved_model_half_plus_two_mkl",
     "mlmd": "saved_model_half_plus_two_mlmd",
     "then3": "half_plus_two_then_three",
 }
@@ -40,10 +42,19 @@ EXTRA = {
 }
 
 
+# Served only where TF Serving's test data is present (not rebuilt by make_test_models.py).
+TF_SERVING_ONLY = {"mkl": "saved_model_half_plus_two_mkl"}
+SERVED_TF_SERVING_ONLY = list(TF_SERVING_ONLY) if TF_SERVING_TESTDATA.is_dir() else []
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    tmp_path_factory: pytest.TempPathFactory, testdata: Path
+) -> AsyncIterator[httpx.AsyncClient]:
     cfg = tmp_path_factory.mktemp("cfg") / "models.config"
-    cfg.write_text(models_config({k: str(TESTDATA / v) for k, v in MODELS.items()}, EXTRA))
+    paths = {k: str(testdata / v) for k, v in MODELS.items()}
+    paths |= {k: str(TF_SERVING_TESTDATA / TF_SERVING_ONLY[k]) for k in SERVED_TF_SERVING_ONLY}
+    cfg.write_text(models_config(paths, EXTRA))
     settings = Settings(model_config_file=str(cfg), max_request_bytes=1 << 20)
     async with running_app(settings) as (_, c):
         yield c
@@ -100,7 +111,7 @@ async def test_matrix_model(client: httpx.AsyncClient) -> None:
 
 
 async def test_other_half_plus_two_variants(client: httpx.AsyncClient) -> None:
-    for name in ("warm", "mkl", "mlmd"):
+    for name in ("warm", "mlmd", *SERVED_TF_SERVING_ONLY):
         r = await post(client, f"/v1/models/{name}:predict", {"instances": [2.0]})
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0] in (3.0, [3.0])
@@ -294,20 +305,66 @@ async def test_status(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and err(r) == "Missing model name in request."
 
 
-async def test_metadata_matches_tf_serving_fixtures(client: httpx.AsyncClient) -> None:
-    expected = json.loads((TESTDATA / "expected" / "half_plus_two_model_metadata.json").read_text())
+async def test_metadata(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/models/default/metadata")
     assert r.status_code == 200
-    assert r.json() == expected
-    expected2 = json.loads(
-        (TESTDATA / "expected" / "saved_model_half_plus_two_2_versions_metadata.json").read_text()
-    )
+    got = r.json()
+    assert got["model_spec"] == {"name": "default", "signature_name": "", "version": "123"}
+    sigs = got["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) == {
+        "serving_default",
+        "regress_x_to_y",
+        "regress_x_to_y2",
+        "regress_x2_to_y3",
+        "classify_x_to_y",
+    }
+    assert sigs["serving_default"] == {
+        "inputs": {
+            "x": {
+                "dtype": "DT_FLOAT",
+                "tensor_shape": {
+                    "dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}],
+                    "unknown_rank": False,
+                },
+                "name": "x:0",
+            }
+        },
+        "outputs": {
+            "y": {
+                "dtype": "DT_FLOAT",
+                "tensor_shape": {
+                    "dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}],
+                    "unknown_rank": False,
+                },
+                "name": "y:0",
+            }
+        },
+        "method_name": "tensorflow/serving/predict",
+        "defaults": {},
+    }
+    assert sigs["classify_x_to_y"]["inputs"]["inputs"] == {
+        "dtype": "DT_STRING",
+        "tensor_shape": {"dim": [], "unknown_rank": True},
+        "name": "tf_example:0",
+    }
     r = await client.get("/v1/models/two/versions/123/metadata")
     got = r.json()
-    assert got["metadata"] == expected2["metadata"]
     assert got["model_spec"]["version"] == "123"
+    assert "classify_x2_to_y3" in got["metadata"]["signature_def"]["signature_def"]
     r = await client.get("/v1/models/two/labels/canary/metadata")
     assert r.json()["model_spec"]["version"] == "124"
+
+
+async def test_metadata_matches_tf_serving_fixtures(
+    client: httpx.AsyncClient, tf_serving_testdata: Path
+) -> None:
+    """The generated models answer exactly TF Serving's expected JSON for its own models."""
+    expected = tf_serving_testdata / "expected"
+    r = await client.get("/v1/models/default/metadata")
+    assert r.json() == json.loads((expected / "half_plus_two_model_metadata.json").read_text())
+    fixture = expected / "saved_model_half_plus_two_2_versions_metadata.json"
+    r = await client.get("/v1/models/two/versions/123/metadata")
+    assert r.json()["metadata"] == json.loads(fixture.read_text())["metadata"]
 
 
 async def test_tf2_metadata_has_init_op(client: httpx.AsyncClient) -> None:

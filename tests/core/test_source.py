@@ -12,7 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from app.core.source import ScanResult, VersionScanner, VersionSource, parse_version
+from app.core.scanner import ScanResult, VersionScanner, parse_version
+from app.core.source import VersionSource
 from app.core.types import ModelConfig, VersionPolicy
 
 NOW = 1_700_000_000.0
@@ -205,7 +206,30 @@ def test_a_found_version_stays_found_when_touched(base: Path) -> None:
     set_mtime(v1, NOW)
     (v1 / "saved_model.pb").unlink()
     result = scanner.scan(config(base))
-    assert result.found == {1: v1} and result.pending == {} and result.aspired == {1}
+    assert result.found == {1: v1} and result.aspired == {1}  # never unloaded for it
+    assert result.pending == {1: "changed in place, no saved_model.pb"}  # so it rescans soon
+    assert result.generations == {}
+
+
+def test_a_version_fixed_in_place_settles_and_gets_a_new_generation(base: Path) -> None:
+    clock = Clock()
+    scanner = VersionScanner(settle_seconds=1.0, clock=clock)
+    v1 = make_version(base, "1")
+    assert scanner.scan(config(base)).generations == {}
+    assert scanner.scan(config(base)).pending == {}  # unchanged: only a few stats, no news
+    (v1 / "saved_model.pb").write_bytes(b"a fixed graph")  # replaced under the same number
+    set_mtime(v1, NOW)
+    result = scanner.scan(config(base))
+    assert result.found == {1: v1} and result.aspired == {1}
+    assert result.pending == {1: "changed in place, settling (changed 0.0s ago)"}
+    assert result.generations == {}
+    clock.now += 1.5
+    result = scanner.scan(config(base))
+    assert result.pending == {} and result.generations == {1: 1} and result.aspired == {1}
+    assert scanner.scan(config(base)).generations == {1: 1}  # settled: stays at 1
+    (v1 / "variables" / "variables.index").write_bytes(b"new index")
+    set_mtime(v1, OLD)  # timestamps preserved by the copy: quiet by mtime, settles at once
+    assert scanner.scan(config(base)).generations == {1: 2}
 
 
 def test_done_marker_mode(base: Path) -> None:
@@ -422,7 +446,7 @@ async def test_poll_zero_scans_once_and_on_set_models(tmp_path: Path, base: Path
     async with anyio.create_task_group() as tg:
         await tg.start(src.run)
         publish_outside(tmp_path, base, "2")
-        await anyio.sleep(0.3)
+        await anyio.sleep(0.3)  # an absence (no rescan without a trigger): nothing to poll for
         assert [r.aspired for r in rec.results] == [{1}]
         src.set_models([config(base)])
         await rec.wait_for(lambda r: r.aspired == {2}, within=3)

@@ -27,12 +27,16 @@ for v in range(1, int(sys.argv[3]) + 1):
 def bias_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SavedModels `<lib>/<v>` computing 0.5*x + v, so every answer names its version."""
     lib = tmp_path_factory.mktemp("versions")
-    subprocess.run(
+    # A subprocess keeps the TF1 graph-building state out of this process (see build_test_models).
+    done = subprocess.run(
         [sys.executable, "-c", GENERATE, str(REPO / "scripts"), str(lib), str(N_VERSIONS)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
+        check=False,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the versions failed ({done.returncode}):\n{done.stderr}")
     return lib
 
 

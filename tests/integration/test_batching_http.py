@@ -15,7 +15,7 @@ import pytest
 from app.main import create_app
 from app.settings import Settings
 from tests.fakes import POISON, SlowLoader
-from tests.harness import REPO, TESTDATA, ServerProcess, models_config, threaded_server
+from tests.harness import REPO, ServerProcess, models_config, threaded_server
 
 BATCHING = """
 max_batch_size { value: 16 }
@@ -53,16 +53,16 @@ def requests(n: int) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def servers(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, testdata: Path
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     tmp = tmp_path_factory.mktemp("batching")
     cfg = tmp / "models.config"
     cfg.write_text(
         models_config(
             {
-                "multi": str(TESTDATA / "conformance_multi_io"),
+                "multi": str(testdata / "conformance_multi_io"),
                 "mlp": str(REPO / "models" / "mlp"),
-                "hp2": str(TESTDATA / "saved_model_half_plus_two_cpu"),
+                "hp2": str(testdata / "saved_model_half_plus_two_cpu"),
             }
         )
     )
@@ -202,7 +202,9 @@ async def test_expired_requests_never_reach_the_model(tmp_path: Path) -> None:
                 )
 
             tg.start_soon(occupy)
-            await anyio.sleep(0.1)  # the model is now busy for ~0.4 s more
+            with anyio.fail_after(10):  # the model is now busy for up to ~0.5 s more
+                while loader.servables[0].calls < 1:
+                    await anyio.sleep(0.005)
             r = await c.post(
                 f"{url}/v1/models/slow:predict",
                 json={"instances": [42.0]},
@@ -211,7 +213,7 @@ async def test_expired_requests_never_reach_the_model(tmp_path: Path) -> None:
             assert r.status_code == 504
             assert list(r.json()) == ["error"]
         assert busy[0].status_code == 200
-        await anyio.sleep(0.6)
+        await anyio.sleep(0.6)  # an absence: give a wrongly queued request time to run
         assert 42.0 not in loader.servables[0].seen
 
 

@@ -1,4 +1,10 @@
-"""SavedModelLoader / SavedModelServable on the real TF Serving test models."""
+"""SavedModelLoader / SavedModelServable on real SavedModels.
+
+The models come from scripts/make_test_models.py (the `testdata` fixture), which rebuilds TF
+Serving's test models under the same names. Where TF Serving's own copies exist
+(../shared/testdata, `tf_serving_testdata`), extra tests load those and check that the generated
+ones declare the same signatures and give the same metadata as TF Serving's fixtures.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,6 @@ MODELS = [
     "saved_model_half_plus_two_cpu/00000123",
     "saved_model_half_plus_two_2_versions/00000123",
     "saved_model_half_plus_two_2_versions/00000124",
-    "saved_model_half_plus_two_mkl/00000123",
     "saved_model_half_plus_two_mlmd/00000123",
     "saved_model_half_plus_two_with_warmup/00000123",
     "saved_model_half_plus_two_tf2_cpu/00000123",
@@ -35,7 +40,10 @@ MODELS = [
     "half_plus_two_then_three/1",
     "half_plus_two_then_three/2",
 ]
+# Only in TF Serving's testdata (oneDNN variant with extra Conv2D terms; not rebuilt).
+TF_SERVING_ONLY = ["saved_model_half_plus_two_mkl/00000123"]
 CPU = "saved_model_half_plus_two_cpu/00000123"
+TWO_123 = "saved_model_half_plus_two_2_versions/00000123"
 
 Get = Callable[[str], SavedModelServable]
 
@@ -78,7 +86,6 @@ def test_every_model_loads_and_converts_signatures(model: Get, rel: str) -> None
     [
         CPU,
         "saved_model_half_plus_two_2_versions/00000124",
-        "saved_model_half_plus_two_mkl/00000123",
         "saved_model_half_plus_two_mlmd/00000123",
         "saved_model_half_plus_two_with_warmup/00000123",
         "hot_swap/1",
@@ -133,21 +140,118 @@ def test_signatures_are_converted(model: Get) -> None:
     assert init.outputs["__saved_model_init_op"].dtype == "DT_INVALID"
 
 
-@pytest.mark.parametrize(
-    ("rel", "fixture"),
-    [
-        (CPU, "half_plus_two_model_metadata.json"),
-        (
-            "saved_model_half_plus_two_2_versions/00000123",
-            "saved_model_half_plus_two_2_versions_metadata.json",
+def _dim(*sizes: int) -> dict[str, object]:
+    """TF Serving's JSON for a known-rank TensorShapeProto."""
+    return {"dim": [{"size": str(n), "name": ""} for n in sizes], "unknown_rank": False}
+
+
+UNKNOWN_RANK = {"dim": [], "unknown_rank": True}
+
+
+def _tensor(name: str, dtype: str, shape: dict[str, object]) -> dict[str, object]:
+    return {"dtype": dtype, "tensor_shape": shape, "name": name}
+
+
+def _sig(method: str, inputs: dict[str, object], outputs: dict[str, object]) -> dict[str, object]:
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "method_name": f"tensorflow/serving/{method}",
+        "defaults": {},
+    }
+
+
+def half_plus_two_metadata(classify_x2: bool) -> dict[str, object]:
+    """What the generated half_plus_two models must declare, written out field by field (the same
+    as TF Serving's expected JSON, which is only compared where ../shared exists)."""
+    examples = {"inputs": _tensor("tf_example:0", "DT_STRING", UNKNOWN_RANK)}
+    x2 = {"inputs": _tensor("x2:0", "DT_FLOAT", _dim(-1, 1))}
+
+    def out(key: str, tensor: str) -> dict[str, object]:
+        return {key: _tensor(tensor, "DT_FLOAT", _dim(-1, 1))}
+
+    signatures = {
+        "serving_default": _sig(
+            "predict", {"x": _tensor("x:0", "DT_FLOAT", _dim(-1, 1))}, out("y", "y:0")
         ),
-    ],
-)
+        "regress_x_to_y": _sig("regress", examples, out("outputs", "y:0")),
+        "regress_x_to_y2": _sig("regress", examples, out("outputs", "y2:0")),
+        "regress_x2_to_y3": _sig("regress", x2, out("outputs", "y3:0")),
+        "classify_x_to_y": _sig("classify", examples, out("scores", "y:0")),
+    }
+    if classify_x2:
+        signatures["classify_x2_to_y3"] = _sig("classify", x2, out("scores", "y3:0"))
+    return {"signature_def": {"signature_def": signatures}}
+
+
+@pytest.mark.parametrize(("rel", "classify_x2"), [(CPU, False), (TWO_123, True)])
+def test_metadata_of_the_half_plus_two_models(model: Get, rel: str, classify_x2: bool) -> None:
+    assert json.loads(json.dumps(model(rel).metadata())) == half_plus_two_metadata(classify_x2)
+
+
+FIXTURES = [
+    (CPU, "half_plus_two_model_metadata.json"),
+    (TWO_123, TWO_123.split("/", maxsplit=1)[0] + "_metadata.json"),
+]
+
+
+@pytest.mark.parametrize(("rel", "fixture"), FIXTURES)
 def test_metadata_matches_tf_serving_fixture(
-    model: Get, testdata: Path, rel: str, fixture: str
+    model: Get, tf_serving_testdata: Path, rel: str, fixture: str
 ) -> None:
-    expected = json.loads((testdata / "expected" / fixture).read_text())["metadata"]
+    """TF Serving's expected metadata, for its own model and for the generated one alike."""
+    expected = json.loads((tf_serving_testdata / "expected" / fixture).read_text())["metadata"]
+    own = SavedModelLoader().load(tf_serving_testdata / rel)
+    try:
+        assert json.loads(json.dumps(own.metadata())) == expected
+    finally:
+        own.unload()
     assert json.loads(json.dumps(model(rel).metadata())) == expected
+
+
+def _declared(servable: SavedModelServable) -> dict[str, object]:
+    """Each signature's method and, per tensor, dtype and shape (not the tensor names: TF2 and
+    the generated TF1 conformance model name theirs differently)."""
+    return {
+        key: (
+            sig.method_name,
+            {k: (t.dtype, t.shape) for k, t in sig.inputs.items()},
+            {k: (t.dtype, t.shape) for k, t in sig.outputs.items()},
+        )
+        for key, sig in servable.signatures.items()
+        if not key.startswith("__")  # TF2's init-op pseudo-signature
+    }
+
+
+@pytest.mark.parametrize("rel", MODELS)
+def test_generated_models_declare_what_tf_serving_s_do(
+    model: Get, tf_serving_testdata: Path, rel: str
+) -> None:
+    """Every generated model stands in for TF Serving's model of the same name: same signature
+    names, methods, dtypes and shapes, and the same answer on the default signature."""
+    own = SavedModelLoader().load(tf_serving_testdata / rel)
+    try:
+        assert _declared(model(rel)) == _declared(own)
+        default = own.signatures.get("serving_default")
+        if default is not None and set(default.inputs) == {"x"}:
+            x = f32(np.arange(1, 10).reshape(1, 3, 3) if "matrix" in rel else [[2.0]])
+            theirs = own.run("serving_default", {"x": x})
+            np.testing.assert_allclose(
+                model(rel).run("serving_default", {"x": x})["y"], theirs["y"]
+            )
+    finally:
+        own.unload()
+
+
+@pytest.mark.parametrize("rel", TF_SERVING_ONLY)
+def test_tf_serving_only_models(tf_serving_testdata: Path, rel: str) -> None:
+    servable = SavedModelLoader().load(tf_serving_testdata / rel)
+    try:
+        assert servable.signatures
+        out = servable.run("serving_default", {"x": f32([[2.0]])})
+        np.testing.assert_allclose(out["y"], [[3.0]])
+    finally:
+        servable.unload()
 
 
 def test_regress_and_classify_with_examples(model: Get) -> None:
