@@ -16,7 +16,7 @@ from app.control.admin import admin_token
 from app.errors import ConfigError
 from app.settings import Settings
 from tests.control.conftest import TOKEN, answer_version, broken, publish
-from tests.harness import running_app
+from tests.harness import models_config, running_app
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -274,3 +274,34 @@ async def test_reload_config_without_a_config_file_is_refused(
     _, client, _ = served
     r = await client.post("/admin/v1/config/reload", headers=AUTH)
     assert r.status_code == 400 and "model_config_file" in r.json()["error"]
+
+
+async def test_reload_config_now_applies_a_changed_models_config(
+    version_library: Path, tmp_path: Path
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        publish(version_library, tmp_path / name, 1)
+    config = tmp_path / "models.config"
+    config.write_text(models_config({"a": str(tmp_path / "a")}))
+    settings = Settings(
+        model_config_file=str(config),
+        model_config_file_poll_wait_seconds=3600,  # only the admin call re-reads it
+        version_settle_seconds=0,
+        admin_token=TOKEN,
+    )
+    async with running_app(settings) as (app, client):
+        config.write_text(models_config({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}))
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 200 and r.json() == {"models": ["a", "b"]}
+
+        async def b_serves() -> bool:
+            return "b" in app.state.registry.snapshot.models
+
+        await _until(b_serves)
+        assert await _served_version(client, "/v1/models/b:predict") == 1
+        config.write_text("model_config_list { config { name: ")  # broken: the old one stays
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 400 and "kept the previous one" in r.json()["error"]
+        assert str(tmp_path) not in r.json()["error"]
+        assert await _served_version(client, "/v1/models/b:predict") == 1

@@ -128,7 +128,7 @@ def test_sigterm_under_load_with_a_grace_drops_nothing(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def _slow_server(
-    tmp_path: Path, delay: float, *flags: str
+    tmp_path: Path, delay: float, *flags: str, load_delay: float = 0.0
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The real `hotserve` command serving the fake slow model; killed if a test leaves it."""
     version = tmp_path / "slow" / "1"
@@ -140,6 +140,7 @@ def _slow_server(
         "PYTHONPATH": str(REPO),
         "HOTSERVE_HOST": "127.0.0.1",
         "SLOW_MODEL_DELAY": str(delay),
+        "SLOW_MODEL_LOAD_DELAY": str(load_delay),
     }
     cmd = [
         sys.executable, "-m", "tests.integration.slow_cli", f"--rest_api_port={port}",
@@ -150,7 +151,8 @@ def _slow_server(
     with (tmp_path / "server.log").open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait(lambda: proc.poll() is not None or _readyz(url) == 200, 60)
+            want = 200 if load_delay == 0 else 503  # a slow load: up (healthz) but not ready
+            _wait(lambda: proc.poll() is not None or _readyz(url) == want, 60)
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             yield proc, url
         finally:
@@ -211,3 +213,20 @@ def test_no_grace_by_default_and_a_clean_exit(tmp_path: Path, sig: signal.Signal
     assert took < 10, log
     assert "END" in log, log  # the version was unloaded, not abandoned
     assert "budget" not in log, log
+
+
+def test_a_load_in_progress_does_not_hold_the_exit_past_the_budget(tmp_path: Path) -> None:
+    """TensorFlow cannot interrupt a load running in its thread: the reconciler is cancelled, the
+    load's thread is left to the budget, and the process exits within it."""
+    budget = 4.0
+    with _slow_server(tmp_path, 0.0, f"--shutdown_timeout_seconds={budget}", load_delay=60.0) as (
+        proc,
+        _,
+    ):
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(budget + 10)
+        took = time.monotonic() - signalled
+    log = (tmp_path / "server.log").read_text()
+    assert took < budget + 1.0, (took, log)
+    assert "LOADING" in log and "AVAILABLE" not in log, log
