@@ -4,20 +4,19 @@ classify/regress. JSON text itself (`parse_body`, the `encode_*` functions) live
 `app.api.jsonfmt` and is re-exported here, so routes need only this module. No I/O and no shared
 state: any thread may call these functions.
 
-Messages and status codes follow TF Serving's `util/json_tensor.cc`. Deviations (besides those
-listed in `app.api.jsonfmt`, e.g. trailing garbage after the body is rejected here while TF
-Serving ignores it): a feature given as `[]` becomes an empty float list (TF leaves its kind
+Messages and status codes follow TF Serving's `util/json_tensor.cc`; `{"b64": ...}` values are
+decoded with absl's rules (`app.api.unescape`). Deviations (besides those listed in
+`app.api.jsonfmt`): a feature given as `[]` becomes an empty float list (TF leaves its kind
 unset).
 
-Performance: the common request (instances of numeric lists) is converted with one numpy call;
-the per-element walk runs only when numpy cannot build a regular array of the right kind, and it
-is what produces TF's exact error messages.
+Performance: the common request (instances of numeric lists) is converted with numpy (one call,
+or one per block of 512 rows for long lists, so a worker thread converting a large request
+gives the GIL back between blocks); the per-element walk runs only when numpy cannot build a
+regular array of the right kind, and it is what produces TF's exact error messages.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -48,6 +47,7 @@ from app.api.jsonfmt import (
     shape_text,
     tf_type_name,
 )
+from app.api.unescape import base64_unescape
 from app.core.servable import Example, Feature
 from app.core.types import Signature, TensorSpec
 from app.errors import HotserveError, InvalidArgument, Unimplemented
@@ -279,7 +279,7 @@ def _fast(value: Any, dtype: str, bools: bool) -> Array | None:
         return None
     target = NUMPY_DTYPES[dtype]
     try:
-        arr = np.asarray(value)
+        arr = _asarray(value)
     except (ValueError, TypeError, OverflowError):
         return None
     kind = arr.dtype.kind
@@ -300,6 +300,26 @@ def _fast(value: Any, dtype: str, bools: bool) -> Array | None:
         return arr
     with np.errstate(over="ignore"):  # out-of-range doubles become +-inf for float (spec 3.5)
         return arr.astype(target)
+
+
+_BLOCK_ROWS = 512
+
+
+def _asarray(value: Any) -> Array:
+    """`np.asarray(value)`, built from blocks of rows when `value` is a long list: one numpy call
+    holds the GIL for its whole run (~0.2 s for 3M floats), so a thread converting a large
+    request would stall the event loop that long. Any block that disagrees in dtype or row
+    shape sends the whole list to one call, so the result is always what numpy gives for it."""
+    if type(value) is not list or len(value) < 4 * _BLOCK_ROWS:
+        return np.asarray(value)
+    first = np.asarray(value[:_BLOCK_ROWS])
+    blocks = [first]
+    for i in range(_BLOCK_ROWS, len(value), _BLOCK_ROWS):
+        block = np.asarray(value[i : i + _BLOCK_ROWS])
+        if block.dtype != first.dtype or block.shape[1:] != first.shape[1:]:
+            return np.asarray(value)
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def _has_bool(value: Any, depth: int) -> bool:
@@ -415,12 +435,10 @@ def _b64_decode(value: dict[str, Any]) -> bytes:
         raise InvalidArgument(
             f"JSON Value: {json_repr(value)} not formatted correctly for base64 data"
         )
-    text: str = value["b64"]
-    try:
-        # absl's Base64Unescape accepts missing padding; Python wants it.
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument("Unable to base64 decode") from None
+    decoded = base64_unescape(value["b64"])  # absl's rules, not Python's (see app.api.unescape)
+    if decoded is None:
+        raise InvalidArgument("Unable to base64 decode")
+    return decoded
 
 
 def _utf8(text: str) -> bytes:

@@ -5,8 +5,8 @@ Pure functions without I/O or shared state; any thread may call them. `app.api.c
 the public ones; routes import them from there.
 
 Deviations from TF Serving (each documented per the spec's QUIRK rule):
-- Trailing garbage after the top-level object is a parse error here; TF Serving ignores it.
-- Duplicate keys: the last occurrence wins (orjson); rapidjson is believed to keep the first.
+- Duplicate keys: the last occurrence wins (orjson); rapidjson keeps every member and TF
+  Serving's lookups (FindMember) find the first.
 - Floats are written shortest-round-trip for their own width (orjson/ryu), not `%g` re-printed
   with 9/17 digits when that does not round-trip. Both parse back to the identical float32/float64,
   but the text can differ: `9000000.0` where TF writes `9e+06`, `0.00003` for `3e-05`, float32
@@ -31,12 +31,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from app.api.jsonpieces import loads_in_pieces
 from app.errors import InvalidArgument
 
 Array = npt.NDArray[Any]
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 FLOAT32_MAX = 3.4028234663852886e38
+PIECEWISE_BYTES = 4 << 20  # bodies from this size try `app.api.jsonpieces` first
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 
 _TABLE = "DT_FLOAT=f4 DT_DOUBLE=f8 DT_INT8=i1 DT_INT16=i2 DT_INT32=i4 DT_INT64=i8 DT_UINT8=u1 "
@@ -216,25 +218,63 @@ class _NumberTooBig(ValueError):
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object (a `JsonObject`). Accepts `NaN`, `Inf`, `Infinity`,
-    `-Inf`, `-Infinity`; integers stay exact (beyond the uint64 range they become doubles, as in
-    rapidjson). Raises InvalidArgument with rapidjson-style messages."""
+    """The request body as a JSON object (a `JsonObject`), read the way TF Serving's ParseJson
+    (util/json_tensor.cc) has rapidjson read it: a leading UTF-8 byte order mark is skipped
+    (rapidjson's UTF-8 MemoryStream skips 0xEF, 0xBB, 0xBF); `NaN`, `-NaN`, `Inf`, `Infinity`,
+    `-Inf`, `-Infinity` are numbers (kParseNanAndInfFlag); whatever follows the first complete
+    value is ignored (kParseStopWhenDoneFlag); comments and trailing commas are errors (their
+    flags are off); integers stay exact (beyond the 64-bit ranges they become doubles);
+    bytes that are not UTF-8 pass through (no kParseValidateEncodingFlag). Raises
+    InvalidArgument with rapidjson's messages and byte offsets."""
     if not body:
         raise InvalidArgument("JSON Parse error: The document is empty")
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = _slow_loads(body)
+    skip = _bom_length(body)
+    data = body[skip:] if skip else body
+    # A large numeric body is parsed in pieces, so a thread parsing it lets others run.
+    obj = loads_in_pieces(data) if len(data) >= PIECEWISE_BYTES else None
+    if obj is None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            obj = _first_value(data, exc, skip)
     if type(obj) is not dict:
         raise InvalidArgument(f"JSON Value: {json_repr(obj)} Is not object")
     return JsonObject(obj, body)
 
 
-def _slow_loads(body: bytes) -> Any:
+def _bom_length(body: bytes) -> int:
+    skip = 0
+    for byte in (0xEF, 0xBB, 0xBF):  # each one on its own, as rapidjson does
+        if len(body) > skip and body[skip] == byte:
+            skip += 1
+    return skip
+
+
+def _first_value(data: bytes, exc: orjson.JSONDecodeError, skip: int) -> Any:
+    if exc.msg.startswith("unexpected content after document"):
+        # orjson's position counts characters; the document is the bytes before it.
+        end = len(
+            data.decode("utf-8", "surrogateescape")[: exc.pos].encode("utf-8", "surrogateescape")
+        )
+        try:
+            return orjson.loads(data[:end])
+        except orjson.JSONDecodeError:
+            pass
+    return _slow_loads(data, skip)
+
+
+_WHITESPACE = " \t\n\r"  # rapidjson's SkipWhitespace set (str.strip's is larger)
+
+
+def _slow_loads(body: bytes, skip: int = 0) -> Any:
     # Bodies orjson refuses: non-finite tokens, bytes that are not UTF-8, plus real errors.
+    # `skip` bytes (a byte order mark) came before `body`: rapidjson's offsets count them.
     text = body.decode("utf-8", "surrogateescape")
-    if not text.strip():
-        raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    if start == len(text):
+        raise InvalidArgument(
+            f"JSON Parse error: The document is empty. at offset: {skip + len(body)}"
+        )
     shifts: list[int] = []
 
     def fix(match: re.Match[str]) -> str:
@@ -245,8 +285,9 @@ def _slow_loads(body: bytes) -> Any:
         return " NaN" if token == "-NaN" else token
 
     prepared = _TOKEN_RE.sub(fix, text)
+    decoder = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
     try:
-        return json.loads(prepared, parse_int=_parse_int, parse_float=_parse_float)
+        return decoder.raw_decode(prepared, start)[0]  # stops after the first value
     except json.JSONDecodeError as exc:
         reason = _REASONS.get(exc.msg, "Invalid value.")
         if exc.msg == "Expecting ',' delimiter":
@@ -257,7 +298,7 @@ def _slow_loads(body: bytes) -> Any:
         reason, offset = "Number too big to be stored in double.", max(text.find(exc.token), 0)
     except (RecursionError, ValueError):
         reason, offset = "Document nested too deeply or number too long.", 0
-    raise InvalidArgument(f"JSON Parse error: {reason} at offset: {offset}")
+    raise InvalidArgument(f"JSON Parse error: {reason} at offset: {skip + offset}")
 
 
 def _parse_int(token: str) -> int | float:

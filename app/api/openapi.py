@@ -1,4 +1,5 @@
-"""OpenAPI documentation of TF Serving's `/v1` routes (served by the raw middleware in routes.py).
+"""OpenAPI documentation of TF Serving's `/v1` routes (served by the raw handler in routes.py);
+the list of routes comes from the grammar's one home, `app.api.paths`.
 
 The examples run against the demo repository in `models/` (`half_plus_two`, `mlp`), so "Try it
 out" on `/docs` works on a fresh checkout.
@@ -10,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from app.api import paths
 
 ERROR = {
     "description": "TF Serving's error body",
@@ -138,18 +141,14 @@ def _get(what: str, kind: str) -> dict[str, Any]:
 
 
 def tf_serving_paths() -> dict[str, Any]:
-    prefixes = {
-        "latest": "/v1/models/{model_name}",
-        "version": "/v1/models/{model_name}/versions/{version}",
-        "label": "/v1/models/{model_name}/labels/{label}",
-    }
-    paths: dict[str, Any] = {}
-    for kind, prefix in prefixes.items():
-        for verb in ("predict", "classify", "regress"):
-            paths[f"{prefix}:{verb}"] = _post(verb, kind)
-        paths[prefix] = _get("status", kind)
-        paths[f"{prefix}/metadata"] = _get("metadata", kind)
-    return paths
+    """The `/v1` paths, one per route of the grammar's one home (`app.api.paths.templates`)."""
+    out: dict[str, Any] = {}
+    for method, template, kind, addressing in paths.templates():
+        if method == "post":
+            out[template] = _post(kind, addressing)
+        else:
+            out[template] = _get(kind, addressing)
+    return out
 
 
 def install_openapi(app: FastAPI) -> None:

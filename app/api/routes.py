@@ -3,35 +3,46 @@
 Why raw ASGI: on this hardware FastAPI's per-request machinery costs more than the HTTP transport
 and the model together (shared/PERFORMANCE.md), and `:predict` is the hot path. The app
 (`app.main.HotserveApp`) hands `/v1` requests straight here, skipping Starlette's middleware
-stack; FastAPI keeps everything else (docs, health, metrics). Paths are matched with TF
-Serving's own grammar (http_rest_api_handler.cc), so a path FastAPI would route differently still
-behaves like TFS.
+stack; FastAPI keeps everything else (docs, health, metrics). Paths are parsed by
+`app.api.paths` (TF Serving's grammar, on the raw path), so a path FastAPI would route
+differently still behaves like TFS.
 
-Flow of a request (one direction): read body once (size-limited) -> codec parse -> registry
-resolves and pins one version -> codec builds tensors against that version's signature ->
-runner (batcher or direct) -> codec encodes -> bytes out. The pin is released before encoding.
+Flow of a request (one direction): read body once (size-limited, gzip/deflate undone) -> codec
+parse -> registry resolves and pins one version -> codec builds tensors against that version's
+signature -> runner (batcher or direct) -> codec encodes -> bytes out, with Content-Length. The pin
+is released before encoding.
+
+Threads: everything runs on the event loop except CPU-heavy work of large requests. A body of at
+least `RestOptions.offload_bytes` is parsed, turned into tensors (or serialized tf.Examples) in a
+worker thread of the `decode` limiter, and outputs of at least `offload_elements` values are
+encoded there too, so one large request does not stall every other client. Compressed bodies
+are always inflated there (their size says little about the work). Small requests stay
+inline: a thread hop costs more than their whole decode (scripts/bench/offload.py measures both).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
+import math
 import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
+from anyio import to_thread
 
-from app.api import codec
+from app.api import codec, paths
 from app.api.errors import http_status
+from app.api.paths import VERBS, Route
 from app.core.lifecycle import ModelVersion
 from app.core.registry import Registry
 from app.core.types import Signature, VersionStatus
 from app.errors import (
     Cancelled,
+    Code,
     DeadlineExceeded,
     HotserveError,
     InvalidArgument,
@@ -44,18 +55,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
-_NAME = r"([^/:]+)"
-_SPEC = r"(?:/versions/([0-9]+)|/labels/([^/:]+))?"
-PREDICT_RE = re.compile(rf"/v1/models/{_NAME}{_SPEC}:(classify|regress|predict)", re.IGNORECASE)
-STATUS_RE = re.compile(rf"/v1/models(?:/{_NAME})?{_SPEC}(?:/(metadata))?", re.IGNORECASE)
-V1_RE = re.compile(r"/v1/", re.IGNORECASE)
-INT64_MAX = 2**63 - 1
-METHODS = {
-    "predict": "tensorflow/serving/predict",
-    "classify": "tensorflow/serving/classify",
-    "regress": "tensorflow/serving/regress",
-}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 CORS_HEADERS = [
     (b"access-control-allow-origin", b"*"),
@@ -77,15 +78,14 @@ class RestOptions:
     timeout_ms: int = 30000
     cors: bool = False
     method_name_check: bool = False
-
-
-@dataclass(frozen=True)
-class Target:
-    """A parsed `/v1/models/...` path."""
-
-    name: str
-    version: int | None
-    label: str | None
+    # Bodies of at least this many bytes are decoded in a worker thread (see the module doc).
+    offload_bytes: int = 64 * 1024
+    # Outputs of at least this many values are encoded in a worker thread.
+    offload_elements: int = 16 * 1024
+    # Classify/regress requests with at least this many tf.Examples build them in the thread.
+    offload_examples: int = 1024
+    # How many large requests may decode/encode at once (the `decode` limiter).
+    decode_threads: int = 2
 
 
 class Seen:
@@ -108,23 +108,9 @@ class Reply(Exception):
         self.headers = headers or []
 
 
-def _target(name: str, version: str | None, label: str | None) -> Target:
-    v: int | None = None
-    if version is not None:
-        v = int(version)
-        if v > INT64_MAX:
-            # TF Serving answers this one with an empty body (QUIRK); hotserve sends the message.
-            raise InvalidArgument(f"Failed to convert version: {version}")
-    return Target(name, v, label)
-
-
-def _malformed(method: str, path: str) -> InvalidArgument:
-    return InvalidArgument(f"Malformed request: {method} {path}")
-
-
 def is_v1(scope: Scope) -> bool:
-    """Whether TFServingRest answers this request (TF Serving's `(?i)/v1/.*`)."""
-    return scope["type"] == "http" and V1_RE.match(scope["path"]) is not None
+    """Whether TFServingRest answers this request (TF Serving's `(?i)/v1/.*`, raw path)."""
+    return scope["type"] == "http" and paths.is_v1(paths.raw_path(scope))
 
 
 class TFServingRest:
@@ -137,14 +123,15 @@ class TFServingRest:
         observer: RequestObserver | None = None,
     ) -> None:
         self._registry = registry
-        self._opts = options
+        self.options = options
         self._observer = observer
         self._extra = CORS_HEADERS if options.cors else []
+        self._decode_limiter: anyio.CapacityLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         seen = Seen()
-        code = "OK"
+        code: str = Code.OK
         try:
             status, body = await self._dispatch(scope, receive, seen)
             headers = JSON_HEADERS + self._extra
@@ -155,8 +142,10 @@ class TFServingRest:
             status, body, headers = self._error(exc)
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
-            code, status = "INTERNAL", 500
+            code, status = Code.INTERNAL, 500
             body, headers = codec.encode_error("Internal error"), JSON_HEADERS + self._extra
+        # TF Serving (libevent) sends a Content-Length; without one uvicorn would answer chunked.
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if self._observer is not None:
@@ -164,36 +153,28 @@ class TFServingRest:
 
     def _error(self, exc: HotserveError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         headers = JSON_HEADERS + self._extra
-        if exc.code == "UNAVAILABLE":
+        if exc.code == Code.UNAVAILABLE:
             headers = [*headers, (b"retry-after", b"1")]
         return http_status(exc), codec.encode_error(exc.message), headers
 
     async def _dispatch(self, scope: Scope, receive: Receive, seen: Seen) -> tuple[int, bytes]:
         """Answer one /v1 request; `seen` learns the model and API as soon as the path parses,
         so failed requests are counted under their model too (as in TF Serving)."""
-        method, path = scope["method"], scope["path"]
+        method, raw = scope["method"], paths.raw_path(scope)
         if method == "OPTIONS":
             raise self._preflight(scope)
-        if method == "POST":
-            m = PREDICT_RE.fullmatch(path)
-            if m is None or m.group(4) not in METHODS:  # the verb is case-sensitive in TFS too
-                raise _malformed(method, path)
-            seen.model, seen.api = m.group(1), m.group(4)
-            target = _target(m.group(1), m.group(2), m.group(3))
-            body = await self._read_body(scope, receive)
-            return 200, await self._infer(seen.api, target, body, scope)
-        if method == "GET":
-            m = STATUS_RE.fullmatch(path)
-            if m is None:
-                raise _malformed(method, path)
-            if m.group(1) is None:
-                raise InvalidArgument("Missing model name in request.")
-            seen.model = m.group(1)
-            target = _target(m.group(1), m.group(2), m.group(3))
-            if m.group(4) == "metadata":
-                return 200, self._metadata(target)
-            return 200, self._status(target)
-        raise _malformed(method, path)
+        try:
+            route = paths.parse(method, raw)
+        except InvalidArgument:
+            seen.model = paths.model_name_hint(raw)  # TF Serving counts these under the model
+            raise
+        seen.model, seen.api = route.name, route.kind if route.kind in VERBS else ""
+        if route.kind == "metadata":
+            return 200, self._metadata(route)
+        if route.kind == "status":
+            return 200, self._status(route)
+        body = await self._read_body(scope, receive)
+        return 200, await self._infer(route, body, scope)
 
     def _preflight(self, scope: Scope) -> Reply:
         origin = next((v for k, v in scope["headers"] if k == b"origin"), b"")
@@ -201,7 +182,7 @@ class TFServingRest:
         return Reply(200 if ok else 400, b"")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self._opts.max_request_bytes
+        limit = self.options.max_request_bytes
         encoding = b""
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > limit:
@@ -222,25 +203,43 @@ class TFServingRest:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return _gunzip(body, limit) if encoding == b"gzip" else body
+        if not encoding or not body or not (b"gzip" in encoding or b"deflate" in encoding):
+            return body
+        # Always in the thread: deflate expands up to ~1000:1, so a small compressed body can
+        # still be megabytes of work.
+        return await self._offload(_decompress, body, encoding, limit)
+
+    def _big(self, body: bytes) -> bool:
+        return len(body) >= self.options.offload_bytes
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a thread of the decode limiter, for the work of large requests (small
+        ones call `fn` inline: no coroutine, no thread hop). In the thread, the work gives the
+        loop back between its C calls (orjson, numpy, protobuf) and every few ms of Python, so
+        other requests go on meanwhile; a single C call (orjson over a whole body) still holds
+        the GIL for its duration."""
+        if self._decode_limiter is None:  # made on first use: it needs the running loop
+            self._decode_limiter = anyio.CapacityLimiter(max(self.options.decode_threads, 1))
+        return await to_thread.run_sync(fn, *args, limiter=self._decode_limiter)
 
     def _deadline(self, scope: Scope) -> float | None:
-        budget = self._opts.timeout_ms / 1000 if self._opts.timeout_ms > 0 else None
+        budget = self.options.timeout_ms / 1000 if self.options.timeout_ms > 0 else None
         for key, value in scope["headers"]:
             if key == TIMEOUT_HEADER:
                 try:
                     hint = float(value)
                 except ValueError:
-                    raise InvalidArgument("X-Request-Timeout must be a number of seconds") from None
+                    hint = math.nan
+                if not math.isfinite(hint):  # nan would poison every comparison after it
+                    raise InvalidArgument("X-Request-Timeout must be a number of seconds")
                 budget = hint if budget is None else min(budget, hint)
         return None if budget is None else time.monotonic() + budget
 
-    async def _infer(self, verb: str, target: Target, body: bytes, scope: Scope) -> bytes:
+    async def _infer(self, route: Route, body: bytes, scope: Scope) -> bytes:
         deadline = self._deadline(scope)
-        obj = codec.parse_body(body)  # a malformed body is a 400 even for an unknown model
-        if verb == "predict":
-            return await self._predict(obj, target, deadline)
-        return await self._examples(verb, obj, target, deadline)
+        if route.kind == "predict":
+            return await self._predict(route, body, deadline)
+        return await self._examples(route, body, deadline)
 
     def _signature(self, mv: ModelVersion, name: str, verb: str) -> Signature:
         sig = mv.signatures.get(name)
@@ -250,10 +249,10 @@ class TFServingRest:
                     f'Serving signature name: "{name}" not found in signature def'
                 )
             raise InvalidArgument(f"No signature was found with the name: {name}")
-        if self._opts.method_name_check and sig.method_name != METHODS[verb]:
+        expected = VERBS[verb]  # type: ignore[index]
+        if self.options.method_name_check and sig.method_name != expected:
             raise InvalidArgument(
-                f"Expected {verb} signature method_name to be {METHODS[verb]}. "
-                f"Was: {sig.method_name}"
+                f"Expected {verb} signature method_name to be {expected}. Was: {sig.method_name}"
             )
         mv.mark_used(sig.name)  # --signature_check=used protects what clients call
         return sig
@@ -269,27 +268,40 @@ class TFServingRest:
         assert scope.cancelled_caught
         raise DeadlineExceeded("Deadline Exceeded")
 
-    async def _predict(self, obj: dict[str, Any], target: Target, deadline: float | None) -> bytes:
-        req = codec.parse_predict(obj)
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+    async def _predict(self, route: Route, body: bytes, deadline: float | None) -> bytes:
+        heavy = self._big(body)
+        # A malformed body is a 400 even for an unknown model: parse before resolving.
+        req = await self._offload(_parse_predict, body) if heavy else _parse_predict(body)
+        with self._registry().acquire(route.name, route.version, route.label) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
-            inputs = codec.to_tensors(req, sig)
+            if heavy:
+                inputs = await self._offload(codec.to_tensors, req, sig)
+            else:
+                inputs = codec.to_tensors(req, sig)
             outputs = await self._run(mv, sig.name, inputs, deadline)
+        big_answer = _values(outputs.values()) >= self.options.offload_elements
+        if big_answer:
+            return await self._offload(codec.encode_predict, outputs, req.columnar)
         return codec.encode_predict(outputs, req.columnar)
 
-    async def _examples(
-        self, verb: str, obj: dict[str, Any], target: Target, deadline: float | None
-    ) -> bytes:
-        sig_name, context, examples = codec.parse_examples(
-            obj, "classify" if verb == "classify" else "regress"
-        )
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+    async def _examples(self, route: Route, body: bytes, deadline: float | None) -> bytes:
+        verb = route.kind
+        heavy = self._big(body)
+        if heavy:
+            sig_name, context, examples = await self._offload(_parse_examples, body, verb)
+        else:
+            sig_name, context, examples = _parse_examples(body, verb)
+        with self._registry().acquire(route.name, route.version, route.label) as mv:
             sig = self._signature(mv, sig_name, verb)
             if verb == "classify":
                 in_alias, classes, scores = codec.classify_io(sig)
             else:
                 in_alias, out_alias = codec.regress_io(sig)
-            serialized = mv.servable.serialize_examples(context, examples)
+            serialize = mv.servable.serialize_examples
+            if heavy or len(examples) >= self.options.offload_examples:
+                serialized = await self._offload(serialize, context, examples)
+            else:
+                serialized = serialize(context, examples)
             outputs = await self._run(mv, sig.name, {in_alias: serialized}, deadline)
         if verb == "classify":
             return codec.encode_classify(
@@ -297,14 +309,14 @@ class TFServingRest:
             )
         return codec.encode_regress(outputs[out_alias])
 
-    def _metadata(self, target: Target) -> bytes:
-        with self._registry().acquire(target.name, target.version, target.label) as mv:
+    def _metadata(self, route: Route) -> bytes:
+        with self._registry().acquire(route.name, route.version, route.label) as mv:
             cached = mv.cache.get("metadata")
             if cached is None:
                 cached = codec.encode_json(
                     {
                         "model_spec": {
-                            "name": target.name,
+                            "name": route.name,
                             "signature_name": "",
                             "version": str(mv.id.version),
                         },
@@ -314,10 +326,22 @@ class TFServingRest:
                 mv.cache["metadata"] = cached
             return bytes(cached)
 
-    def _status(self, target: Target) -> bytes:
+    def _status(self, route: Route) -> bytes:
         # TF Serving ignores a label in the status route and lists every version (QUIRK, kept).
-        statuses = self._registry().status(target.name, target.version)
+        statuses = self._registry().status(route.name, route.version)
         return codec.encode_json({"model_version_status": [_status_json(s) for s in statuses]})
+
+
+def _parse_predict(body: bytes) -> codec.PredictRequest:
+    return codec.parse_predict(codec.parse_body(body))
+
+
+def _parse_examples(body: bytes, verb: str) -> tuple[str, Any, list[Any]]:
+    return codec.parse_examples(codec.parse_body(body), verb)  # type: ignore[arg-type]
+
+
+def _values(arrays: Any) -> int:
+    return sum(int(getattr(a, "size", 1)) for a in arrays)
 
 
 def _status_json(s: VersionStatus) -> dict[str, Any]:
@@ -328,12 +352,24 @@ def _status_json(s: VersionStatus) -> dict[str, Any]:
     }
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """Undo `Content-Encoding`. TF Serving gunzips when the header contains "gzip" (libevent
+    request, StrContains) and passes anything else through; hotserve also inflates "deflate"
+    (zlib or raw), which TF Serving would hand to the JSON parser (a 400)."""
+    if b"gzip" in encoding:
+        wbits, what = 16 + zlib.MAX_WBITS, "gzip"
+    elif b"deflate" in encoding:
+        # RFC 9110's deflate is zlib-wrapped; some clients send raw deflate: tell by the header.
+        zlib_header = len(body) > 1 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+        what = "deflate"
+    else:
+        return body
+    d = zlib.decompressobj(wbits)
     try:
         out = d.decompress(body, limit + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise InvalidArgument(f"Failed to decompress gzip body: {exc}") from None
+    except zlib.error as exc:
+        raise InvalidArgument(f"Failed to decompress {what} body: {exc}") from None
     if len(out) > limit:
         raise PayloadTooLarge(
             f"Decompressed request body is larger than the limit of {limit} bytes"

@@ -29,7 +29,7 @@ from app.core.batching_types import (
     Task,
 )
 from app.core.types import BatchPolicy
-from app.errors import DeadlineExceeded, Internal
+from app.errors import DeadlineExceeded, InvalidArgument
 
 
 def execution_limit(policy: BatchPolicy) -> int:
@@ -249,8 +249,11 @@ class Scheduler:
             return
         try:
             task.outputs = assemble_parts(task.parts, self.pad_variable)
-        except Exception as exc:  # e.g. parts whose output ranks differ
-            self.fail(task, Internal(f"Could not join the outputs of a split request: {exc}"))
+        except ValueError as exc:  # parts whose outputs differ in rank or non-batch shape
+            # TF Serving joins split parts with tensor::Concat and returns its status as is:
+            # INVALID_ARGUMENT for tensors that do not concatenate (HTTP 400).
+            message = f"Could not join the outputs of a split request: {exc}"
+            self.fail(task, InvalidArgument(message))
             return
         task.parts = None
         _finish(task)

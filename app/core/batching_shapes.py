@@ -13,7 +13,8 @@ The rules and messages follow TF Serving's batching session (`batching_session.c
 - with `pad_variable_length_inputs`, inputs whose non-batch dimensions differ are padded at the
   end of each dimension with the first element of that request's tensor (TF's choice: a value
   known to be valid), `b""`/zero for an empty tensor;
-- every output of a batch must have a 0-th dimension equal to the (padded) batch size.
+- every output of a batch must have a 0-th dimension equal to the (padded) batch size
+  (FAILED_PRECONDITION otherwise, as in TF Serving).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import Internal, InvalidArgument
+from app.errors import FailedPrecondition, InvalidArgument
 
 # One request's slice of a batch: (its inputs, first row, end row).
 Part = tuple[Mapping[str, np.ndarray], int, int]
@@ -111,20 +112,23 @@ def split_outputs(
 ) -> list[dict[str, np.ndarray]]:
     """Check every output has `padded_rows` rows, then cut it into one dict per part.
 
-    Raises Internal when an output has no batch dimension or the wrong number of rows: the model
-    cannot be batched and the whole batch fails. A single whole part gets `outputs` itself;
-    otherwise the answers are row slices (views) of the batch's outputs, which the model made
-    for this call alone, so later batches cannot overwrite them.
+    Raises FailedPrecondition when an output has no batch dimension or the wrong number of rows:
+    the model cannot be batched and the whole batch fails. TF Serving's SplitOutputTensors
+    (batching_session.cc) uses that code (HTTP 400): the request is fine and the model works
+    without batching; it is the model/flag combination that cannot serve it, not a fault.
+    A single whole part gets `outputs` itself; otherwise the answers are row slices (views) of
+    the batch's outputs, which the model made for this call alone, so later
+    batches cannot overwrite them.
     """
     for name, value in outputs.items():
         shape = getattr(value, "shape", ())
         if not shape:
-            raise Internal(
+            raise FailedPrecondition(
                 f"Batched output tensor has 0 dimensions: output '{name}' has no batch "
                 "dimension, so it cannot be split between batched requests"
             )
         if shape[0] != padded_rows:
-            raise Internal(
+            raise FailedPrecondition(
                 "Batched output tensor's 0th dimension does not equal the sum of the 0th "
                 f"dimension sizes of the input tensors: output '{name}' has {shape[0]} rows, "
                 f"the batch has {padded_rows} ({sum(sizes)} from requests, "

@@ -33,8 +33,9 @@ class Servable(Protocol):
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature. `inputs` maps input alias -> array (DT_STRING as object arrays of
-        bytes); returns every output alias -> array. Raises app.errors.InvalidArgument for a bad
-        input (shape/dtype errors from the model), app.errors.Internal for model failures."""
+        bytes); returns every output alias -> array. Raises an app.errors.HotserveError carrying
+        the model's own status code, as TF Serving passes it on (INVALID_ARGUMENT for a bad
+        input, INTERNAL for a model fault, ...)."""
         ...
 
     def metadata(self) -> dict[str, Any]:

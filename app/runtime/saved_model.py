@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
@@ -33,51 +32,13 @@ from app import errors
 from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
+from app.runtime import examples as examples_mod
 from app.runtime import warmup as warmup_mod
 
 logger = logging.getLogger(__name__)
 
-# TensorFlow's canonical error codes, indexed by their numeric value (error_codes.proto).
-_CODE_NAMES = (
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
-
-# Run-time failures by code; OUT_OF_RANGE is a bad request too (TF Serving answers 400).
-_RUN_ERRORS: dict[str, type[errors.HotserveError]] = {
-    "CANCELLED": errors.Cancelled,
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "OUT_OF_RANGE": errors.InvalidArgument,
-    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
-    "NOT_FOUND": errors.NotFound,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "UNIMPLEMENTED": errors.Unimplemented,
-    "UNAVAILABLE": errors.Unavailable,
-}
-
 # Where TF appends the failing node and Python traces to an op's message.
 _MESSAGE_TAILS = ("\n\t [[", "\n\nOriginal stack trace", "\n\nDetected at node")
-
-
-def code_name(code: int) -> str:
-    """The canonical name of a numeric TF error code ("UNKNOWN" when out of range)."""
-    return _CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else "UNKNOWN"
 
 
 def op_error_message(exc: tf.errors.OpError) -> str:
@@ -242,12 +203,9 @@ class SavedModelServable:
     def serialize_examples(
         self, context: Example | None, examples: Sequence[Example]
     ) -> np.ndarray:
-        """Serialized tf.Example protos; context bytes are prepended (proto merge, example wins)."""
-        prefix = _to_example(context).SerializeToString() if context else b""
-        out = np.empty(len(examples), dtype=object)
-        for i, example in enumerate(examples):
-            out[i] = prefix + _to_example(example).SerializeToString()
-        return out
+        """Serialized tf.Example protos (see app.runtime.examples); any thread may call it."""
+        ctx = examples_mod.from_features(context) if context else None
+        return examples_mod.serialize(ctx, [examples_mod.from_features(e) for e in examples])
 
     def warmup(self, iterations: int) -> int:
         """Replay assets.extra/tf_serving_warmup_requests (see app.runtime.warmup)."""
@@ -272,7 +230,9 @@ def _run_error(exc: tf.errors.OpError) -> errors.HotserveError:
     if message.startswith("Unsupported object type"):
         # TF's INTERNAL for a non-bytes element in an object array: a bad request, not a bug.
         return errors.InvalidArgument(message)
-    return _RUN_ERRORS.get(code_name(exc.error_code), errors.Internal)(message)
+    # TF Serving hands the op's status to the client unchanged: keep its code (OUT_OF_RANGE,
+    # ABORTED, DATA_LOSS... each map to TF Serving's HTTP status in app.api.errors).
+    return errors.error_for(errors.code_name(exc.error_code), message)
 
 
 def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None:
@@ -284,25 +244,6 @@ def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None
             f"Request inputs do not match the inputs of signature {signature}. "
             f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
         )
-
-
-def _to_example(features: Example) -> Any:
-    example = example_pb2.Example()
-    feature_map = example.features.feature
-    try:
-        for name, (kind, values) in features.items():
-            feature = feature_map[name]
-            if kind == "float":
-                feature.float_list.value.extend(values)
-            elif kind == "int64":
-                feature.int64_list.value.extend(values)
-            elif kind == "bytes":
-                feature.bytes_list.value.extend(values)
-            else:
-                raise errors.InvalidArgument(f"Feature: {name} has unknown kind: {kind}")
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"Invalid feature value: {exc}") from None
-    return example
 
 
 class SavedModelLoader:
@@ -350,25 +291,27 @@ def _check_layout(path: Path) -> None:
     if proto is None:
         raise errors.LoadError(
             f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
-            "NOT_FOUND",
+            errors.Code.NOT_FOUND,
         )
     if proto.name == "saved_model.pb" and proto.stat().st_size == 0:
-        raise errors.LoadError(f"SavedModel file is empty: {proto}", "DATA_LOSS")
+        raise errors.LoadError(f"SavedModel file is empty: {proto}", errors.Code.DATA_LOSS)
 
 
 def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
-    def fail(detail: str, code: str) -> errors.LoadError:
+    def fail(detail: str, code: errors.Code) -> errors.LoadError:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
 
     try:
         return tf.compat.v1.saved_model.loader.load(session, tags, str(path))
     except tf.errors.OpError as exc:
-        raise fail(op_error_message(exc), code_name(exc.error_code)) from exc
+        raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:
         # After _check_layout these are unreadable files: corrupt proto, missing checkpoint.
-        raise fail(str(exc), "DATA_LOSS") from exc
+        raise fail(str(exc), errors.Code.DATA_LOSS) from exc
     except RuntimeError as exc:
-        code = "NOT_FOUND" if "could not be found in SavedModel" in str(exc) else "UNKNOWN"
+        code = errors.Code.NOT_FOUND
+        if "could not be found in SavedModel" not in str(exc):
+            code = errors.Code.UNKNOWN
         raise fail(str(exc), code) from exc
     except Exception as exc:
-        raise fail(f"{type(exc).__name__}: {exc}", "UNKNOWN") from exc
+        raise fail(f"{type(exc).__name__}: {exc}", errors.Code.UNKNOWN) from exc

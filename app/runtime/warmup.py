@@ -22,6 +22,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from app import errors
 from app.core.types import Signature, TensorSpec
+from app.runtime import examples as examples_mod
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +76,16 @@ def _read_logs(path: Path) -> list[Any]:
                 break
     except tf.errors.OpError as exc:
         raise errors.LoadError(
-            f"Failed to read warmup file {path}: {exc.message}", "DATA_LOSS"
+            f"Failed to read warmup file {path}: {exc.message}", errors.Code.DATA_LOSS
         ) from None
     except DecodeError as exc:
         raise errors.LoadError(
-            f"Failed to parse warmup record {len(logs)} at {path}: {exc}", "DATA_LOSS"
+            f"Failed to parse warmup record {len(logs)} at {path}: {exc}", errors.Code.DATA_LOSS
         ) from None
     if len(logs) > MAX_WARMUP_RECORDS:
         raise errors.LoadError(
             f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
-            "INVALID_ARGUMENT",
+            errors.Code.INVALID_ARGUMENT,
         )
     return logs
 
@@ -97,7 +98,7 @@ def _requests(log: Any, path: Path) -> _Requests:
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         except (TypeError, ValueError) as exc:
             raise errors.LoadError(
-                f"Bad tensor in warmup request at {path}: {exc}", "INVALID_ARGUMENT"
+                f"Bad tensor in warmup request at {path}: {exc}", errors.Code.INVALID_ARGUMENT
             ) from None
         return [(_signature_name(request), inputs)]
     if kind in ("classify_log", "regress_log"):
@@ -109,9 +110,11 @@ def _requests(log: Any, path: Path) -> _Requests:
         return [(_signature_name(task), {"inputs": examples}) for task in request.tasks]
     if kind in ("predict_streamed_log", "session_run_log"):
         raise errors.LoadError(
-            f"Unsupported log_type for warmup: {kind} at {path}", "UNIMPLEMENTED"
+            f"Unsupported log_type for warmup: {kind} at {path}", errors.Code.UNIMPLEMENTED
         )
-    raise errors.LoadError(f"Warmup record without a log_type at {path}", "INVALID_ARGUMENT")
+    raise errors.LoadError(
+        f"Warmup record without a log_type at {path}", errors.Code.INVALID_ARGUMENT
+    )
 
 
 def _signature_name(request: Any) -> str:
@@ -121,16 +124,13 @@ def _signature_name(request: Any) -> str:
 def _examples(request_input: Any, path: Path) -> np.ndarray:
     kind = request_input.WhichOneof("kind")
     if kind == "example_list":
-        prefix, examples = b"", request_input.example_list.examples
-    elif kind == "example_list_with_context":
+        return examples_mod.serialize(None, request_input.example_list.examples)
+    if kind == "example_list_with_context":
         with_context = request_input.example_list_with_context
-        prefix, examples = with_context.context.SerializeToString(), with_context.examples
-    else:
-        raise errors.LoadError(f"Warmup request has an empty input at {path}", "INVALID_ARGUMENT")
-    out = np.empty(len(examples), dtype=object)
-    for i, example in enumerate(examples):
-        out[i] = prefix + example.SerializeToString()
-    return out
+        return examples_mod.serialize(with_context.context, with_context.examples)
+    raise errors.LoadError(
+        f"Warmup request has an empty input at {path}", errors.Code.INVALID_ARGUMENT
+    )
 
 
 def _run(servable: _Runnable, signature: str, inputs: dict[str, np.ndarray], what: str) -> None:

@@ -22,7 +22,7 @@ from app.core.types import BatchPolicy
 from app.errors import (
     ConfigError,
     DeadlineExceeded,
-    Internal,
+    FailedPrecondition,
     InvalidArgument,
     Unavailable,
 )
@@ -399,11 +399,14 @@ async def test_model_error_fails_only_its_batch() -> None:
         ({"y": np.zeros(5)}, "0th dimension does not equal"),
     ],
 )
-async def test_bad_outputs_fail_the_batch_as_internal(outputs: dict[str, Any], match: str) -> None:
+async def test_bad_outputs_fail_the_batch_as_failed_precondition(
+    outputs: dict[str, Any], match: str
+) -> None:
     batcher = Batcher(
         lambda s, i: dict(outputs), policy(max_batch_size=4), anyio.CapacityLimiter(1)
     )
-    with pytest.raises(Internal, match=match):
+    # TF Serving's SplitOutputTensors: FAILED_PRECONDITION (HTTP 400), not a server fault.
+    with pytest.raises(FailedPrecondition, match=match):
         await batcher.submit("serving_default", x(1, 2))
 
 

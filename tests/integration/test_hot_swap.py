@@ -141,9 +141,21 @@ async def test_swaps_under_load_lose_nothing(
     assert len(served) >= 10, served  # the load really spanned the swaps
 
 
+@pytest.fixture
+def patient_srv(tmp_path: Path, base: Path) -> Iterator[ServerProcess]:
+    """A server whose settle window (2 s) is ten times the slow copy's pace (0.2 s a file), so a
+    loaded machine stretching one pause past the window cannot make the test's premise false."""
+    env = {**ENV, "HOTSERVE_VERSION_SETTLE_SECONDS": "2"}
+    s = ServerProcess(["--model_name=hs", f"--model_base_path={base}"], env=env)
+    s.start(tmp_path / "server.log")
+    yield s
+    s.stop()
+
+
 async def test_slow_copy_is_not_loaded_before_complete(
-    srv: ServerProcess, base: Path, bias_versions: Path
+    patient_srv: ServerProcess, base: Path, bias_versions: Path
 ) -> None:
+    srv = patient_srv
     src = bias_versions / "2"
     dst = base / "2"
     files = sorted(p for p in src.rglob("*") if p.is_file())
