@@ -27,7 +27,7 @@ import anyio
 
 from app.core.registry import Registry
 from app.core.types import VersionState, VersionStatus
-from app.errors import DeadlineExceeded, FailedPrecondition, LoadError, NotFound
+from app.errors import DeadlineExceeded, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,11 @@ class AdminActions:
             ) from None
 
     @staticmethod
-    def _load_error(reg: Registry, name: str, version: int) -> LoadError:
+    def _load_error(reg: Registry, name: str, version: int) -> FailedPrecondition:
         st = _status(reg, name, version)
         why = st.error_message if st is not None else "not loaded"
-        return LoadError(
-            f"Version {version} of model {name} failed to load: {why}; serving is unchanged",
-            "FAILED_PRECONDITION",
+        return FailedPrecondition(
+            f"Version {version} of model {name} failed to load: {why}; serving is unchanged"
         )
 
 
