@@ -33,7 +33,7 @@ from app.core.lifecycle import LoadOptions, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
-from app.core.types import BatchPolicy, ModelConfig, ServableId
+from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionStatus
 from app.errors import ConfigError, FailedPrecondition
 from app.metrics import Metrics
 from app.settings import Settings
@@ -129,6 +129,22 @@ def observed_runners(
         return traffic.wrap(sid.name, sid.version, runner) if traffic is not None else runner
 
     return observed
+
+
+def state_observer(
+    events: EventLog | None, traffic: Traffic | None
+) -> Callable[[str, VersionStatus], None] | None:
+    """The registry's state-change callback: the event log records it, traffic forgets ended
+    versions."""
+    hooks = [h for h in (events and events.observe, traffic and traffic.forget) if h]
+    if not hooks:
+        return None
+
+    def observe(model: str, status: VersionStatus) -> None:
+        for hook in hooks:
+            hook(model, status)
+
+    return observe
 
 
 def config_reloader(
@@ -237,7 +253,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loads,
         load_options(settings),
         release,
-        observe=events.observe if events is not None else None,
+        observe=state_observer(events, traffic),
     )
     registry.set_models(configs)
     scanner = VersionScanner(settings.version_settle_seconds, settings.version_done_marker)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.core.batcher import Runner
+from app.core.types import VersionState, VersionStatus
 
 WINDOW_SECONDS = 10
 # 50 µs .. ~60 s, x1.35 per bucket: p99 is reported as the upper bound of its bucket.
@@ -125,6 +126,12 @@ class Traffic:
     def wrap(self, model: str, version: int, runner: Runner) -> Runner:
         window = self.windows[(model, version)] = Window()
         return ObservedRunner(runner, window)
+
+    def forget(self, model: str, status: VersionStatus) -> None:
+        """Registry state callback: a version that ended keeps no window (they would pile up
+        over many swaps)."""
+        if status.state is VersionState.END:
+            self.windows.pop((model, status.version), None)
 
     def summary(self, model: str, version: int) -> dict[str, float | int | None]:
         window = self.windows.get((model, version))
