@@ -1,8 +1,8 @@
 """What issue 9's request-path additions cost, in-process (no sockets), as ratios:
 
 1. the whole `:predict` request of `half_plus_two` through the ASGI app, with the request-ID /
-   traceparent wrapper (app.tracing) on and off, access log off (the default), interleaved
-   rounds, median per-request time of each and their ratio;
+   traceparent wrapper (app.tracing) on and off, access log off (the default): paired rounds
+   (every variant back to back, order rotating), the median of the per-round ratios;
 2. the same with the access log on (records go to a handler that drops them);
 3. `ObservedRunner` (app.control.traffic: req/s and p99 per version) around a runner that
    answers at once, against that runner alone: the absolute cost per request in µs.
@@ -31,8 +31,8 @@ from app.settings import Settings  # noqa: E402
 from app.tracing import Tracing  # noqa: E402
 
 BODY = b'{"instances": [1.0, 2.0, 5.0]}'
-N = 2000
-ROUNDS = 7
+N = 300  # requests per cell
+ROUNDS = 31  # paired rounds: each times every variant back to back, the order rotating
 
 
 async def one_request(app: Any) -> None:
@@ -110,16 +110,21 @@ async def main() -> None:
             await asyncio.sleep(0.05)
         tracing_on = app.tracing
         access_on = Tracing(app.dispatch_request, access=True)
-        results: dict[str, list[float]] = {"off": [], "ids": [], "ids+access": []}
-        for _ in range(ROUNDS):
-            for name, wrapper in (("off", None), ("ids", tracing_on), ("ids+access", access_on)):
+        variants = [("off", None), ("ids", tracing_on), ("ids+access", access_on)]
+        results: dict[str, list[float]] = {name: [] for name, _ in variants}
+        for r in range(ROUNDS):
+            for name, wrapper in variants[r % 3 :] + variants[: r % 3]:
                 app.tracing = wrapper
                 results[name].append(await per_request_us(app))
         app.tracing = tracing_on
-    base = statistics.median(results["off"])
     for name, times in results.items():
-        median = statistics.median(times)
-        print(f"{name:>11}: {median:8.1f} µs/request  ratio {median / base:.3f}")
+        ratios = [t / off for t, off in zip(times, results["off"], strict=True)]
+        print(
+            f"{name:>11}: median {statistics.median(times):8.1f} µs/request, "
+            f"paired ratio to off: median {statistics.median(ratios):.3f} "
+            f"(quartiles {statistics.quantiles(ratios, n=4)[0]:.3f}-"
+            f"{statistics.quantiles(ratios, n=4)[2]:.3f})"
+        )
 
     async def nothing(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

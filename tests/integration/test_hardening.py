@@ -120,8 +120,8 @@ def test_names_and_labels_never_reach_paths(srv: ServerProcess) -> None:
     ):
         r = httpx.post(srv.url + path, json={"instances": [1.0]})
         assert 400 <= r.status_code < 500, (path, r.status_code)
-        assert "/etc" not in r.text or "Malformed" in r.text
-        assert str(HALF) not in r.text and "Traceback" not in r.text
+        # The client's own text may be echoed (TF Serving does); no server path, no traceback.
+        assert str(REPO) not in r.text and "Traceback" not in r.text
 
 
 def test_cors_only_with_the_flag(srv: ServerProcess, tmp_path: Path) -> None:
