@@ -14,9 +14,11 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.runtime", "app.main", "app.lifespan", "app.cli", "fastapi",
-             "starlette", "tensorflow", "tensorflow_serving"),
+    "core": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
+             "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
     "api": ("app.runtime", "app.lifespan", "app.cli", "tensorflow", "tensorflow_serving"),
+    "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
+                "tensorflow_serving"),
 }  # fmt: skip
 
 
