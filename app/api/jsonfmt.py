@@ -63,6 +63,7 @@ _CONTROL = {i: f"\\u{i:04X}" for i in range(0x20)}
 _CONTROL.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
 _STR_ESCAPES = {**_CONTROL, ord('"'): '\\"', ord("\\"): "\\\\"}
 _RAW_ESCAPE_RE = re.compile(rb'[\x00-\x1f"\\]')
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------------------- names and text
@@ -340,9 +341,10 @@ def encode_error(message: str) -> bytes:
     """`{"error": message}`, TF Serving's only error body shape."""
     try:
         return orjson.dumps({"error": message})
-    except orjson.JSONEncodeError:  # lone surrogates (from a body that was not UTF-8)
-        clean = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return orjson.dumps({"error": clean.encode("utf-8", "replace").decode("utf-8")})
+    except orjson.JSONEncodeError:
+        # Lone surrogates: bytes that were not UTF-8 (kept by surrogateescape) or a JSON
+        # "\\ud800" escape (Python's json accepts it). Each becomes U+FFFD.
+        return orjson.dumps({"error": _SURROGATE_RE.sub("\ufffd", message)})
 
 
 # ---------------------------------------------------------------------------- predict

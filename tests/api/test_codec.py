@@ -1063,6 +1063,8 @@ def test_encode_regress_errors(outputs: np.ndarray, num: Any, message: str) -> N
         ),
         ("caf\u00e9 \x00", b'{"error":"caf\xc3\xa9 \\u0000"}'),
         ("bad \udcff byte", b'{"error":"bad \xef\xbf\xbd byte"}'),
+        # Lone surrogates from JSON escapes ("\\ud800"), not from undecodable bytes.
+        ("lone \ud800\udc00", b'{"error":"lone \xef\xbf\xbd\xef\xbf\xbd"}'),
     ],
 )
 def test_encode_error(message: str, expected: bytes) -> None:
@@ -1076,6 +1078,13 @@ def test_encode_json() -> None:
     assert loads(codec.encode_json(obj)) == {**obj, "n": 3}
     assert loads(codec.encode_json(obj, pretty=True)) == {**obj, "n": 3}
     assert b"\n" in codec.encode_json(obj, pretty=True)
+
+
+def test_error_from_a_lone_surrogate_escape_is_encodable() -> None:
+    # Python's json accepts "\\ud800"; the message quoting it was a 500 (encode_error raised).
+    body = b'{"instances": ["\\ud800", "\\udc00"]}'
+    _, message = error(predict, body, sig({"x": F}))
+    assert codec.encode_error(message).startswith(b'{"error":"Failed to process element: 0')
 
 
 def test_error_from_a_string_value_with_invalid_utf8_is_encodable() -> None:
