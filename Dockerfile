@@ -3,9 +3,9 @@
 #   docker run -p 8501:8501 -v /path/to/my_model:/models/my_model -e MODEL_NAME=my_model hotserve
 FROM python:3.11-slim
 
-# glibc's malloc, no jemalloc: hotserve's unload path (gc + malloc_trim) already kept resident
-# memory within 0.6% after 50 swaps (scripts/bench_swap.py), so there was nothing left for another
-# allocator to win (jemalloc itself was not measured).
+# glibc's malloc, no jemalloc: with TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 (hotserve's default, set
+# by app.runtime; override it with -e) and the unload path's gc + malloc_trim, resident memory
+# returns to the one-version level after every swap (README "Memory after a swap").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=1

@@ -110,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME:KEY=VAL;...",
         help="a server configuration to measure instead of --batching's off/on (repeatable). "
         "Keys: batching=on|off, threads=N, timeout_us=N, max_batch=N, exp=A+B (experiments of "
-        "scripts/bench/observed_server.py), flag=--hotserve_flag=value (repeatable). Ratios are "
+        "scripts/bench/observed_server.py), flag=--hotserve_flag=value (repeatable), "
+        "env=NAME=VALUE (the server's environment, repeatable). Ratios are "
         "taken against the variant named 'off' if any, else the first.",
     )
     p.add_argument(
@@ -152,6 +153,7 @@ class Variant:
     experiments: str = ""  # BENCH_EXPERIMENT for scripts/bench/observed_server.py
     flags: tuple[str, ...] = ()
     floor: bool = False  # scripts/bench/floor_app.py instead of hotserve
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of the server process
 
     def describe(self) -> str:
         if self.floor:
@@ -167,6 +169,7 @@ class Variant:
         if self.experiments:
             parts.append(f"experiments {self.experiments}")
         parts += self.flags
+        parts += [f"{k}={v}" for k, v in self.env]
         return ", ".join(parts)
 
 
@@ -174,6 +177,7 @@ def parse_variant(text: str, defaults: Variant) -> Variant:
     name, _, spec = text.partition(":")
     v = replace(defaults, name=name, batching=name == "on")
     flags: list[str] = []
+    env: list[tuple[str, str]] = []
     for item in filter(None, spec.split(";")):
         key, _, value = item.partition("=")
         if key == "batching":
@@ -188,11 +192,14 @@ def parse_variant(text: str, defaults: Variant) -> Variant:
             v = replace(v, experiments=value.replace("+", ","))
         elif key == "flag":
             flags.append(value)
+        elif key == "env":
+            name, _, val = value.partition("=")
+            env.append((name, val))
         elif key == "app" and value == "floor":
             v = replace(v, floor=True)
         else:
             sys.exit(f"--variant {text!r}: unknown key {key!r}")
-    return replace(v, flags=tuple(flags))
+    return replace(v, flags=tuple(flags), env=tuple(env))
 
 
 # --------------------------------------------------------------------------- processes
@@ -301,6 +308,7 @@ def start_server(args: argparse.Namespace, variant: Variant, run_dir: Path) -> S
     stats.write_text("")
     env = dict(os.environ, BENCH_BATCH_STATS=str(stats), PYTHONUNBUFFERED="1")
     env["BENCH_EXPERIMENT"] = variant.experiments
+    env.update(variant.env)
     script = "floor_app.py" if variant.floor else "observed_server.py"
     if variant.floor:
         flags = [f"--port={port}"]

@@ -13,15 +13,22 @@ latency and status by bench_swap/lua/record.lua). Then:
 1. steady window (--steady s, after a 2 s warm-up): steady p50/p99;
 2. --cycles swaps: app.publish.publish() of version k+1, wait until the status route shows it
    AVAILABLE and version k END; requests sent from publish() to END + 0.5 s are the swap
-   window's; RSS of the server after every swap;
+   window's; RSS of the server before the first publish (one version loaded) and after every
+   swap;
 3. publish-to-serving: publish() returning -> status route showing AVAILABLE, minus the load+warmup
    time the server logged for that version;
 4. a second server without file events (--watch_file_events=false) and
-   --file_system_poll_wait_seconds=1: --polled-cycles swaps, same measures.
+   --file_system_poll_wait_seconds=1: --polled-cycles swaps, same measures;
+5. memory (bench_swap/memory.py): for each --model-mib size (default 64 and 1024 MiB: a model
+   holding one variable of that size, generated here) and each --memory-policies load policy, a
+   fresh server under wrk load: RSS with one version loaded (before any publish), then after each
+   of --memory-swaps swaps; target: within 10% of the one-version level. Only one such server
+   runs at a time. --memory-only skips steps 1-4; --server-env NAME=VALUE (repeatable) sets the
+   servers' environment, e.g. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0 for TensorFlow's own allocator.
 
 Prints a markdown report (targets, PASS/FAIL) and writes it to bench-results/swap-<time>.md;
 --keep-logs also keeps the server logs and the request log (.npz) beside it. About 2.5 minutes
-at the defaults.
+for steps 1-4 at the defaults, plus about 4 for step 5 (building and swapping the 1 GiB model).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_swap import report
+from bench_swap import memory, models, report
 from bench_swap.load import WrkLoad, plain_rate
 from bench_swap.server import MODEL, REPO, Server, ServerOptions, StatusPoller, parse_log
 
@@ -112,7 +119,9 @@ def run_phase(args: argparse.Namespace, work: Path, *, events: bool, cycles: int
     base = work / f"base-{name}"
     publish(SRC, base, 1)
     log = work / f"server-{name}.log"
-    options = ServerOptions(base, log, SERVER_CPU, args.poll_seconds, events, args.tf_threads)
+    options = ServerOptions(
+        base, log, SERVER_CPU, args.poll_seconds, events, args.tf_threads, env=args.server_env
+    )
     server = Server(options)
     try:
         server.wait_state(1, "AVAILABLE", STATE_TIMEOUT_S, every=0.2)
@@ -139,6 +148,7 @@ def measure(
             time.sleep(WARMUP_S)
             steady = (time.monotonic(), time.monotonic() + args.steady)
             time.sleep(args.steady)
+        one_version = server.memory_kib()  # the baseline: one version, warmed, under load
         done = [swap(server, poller, base, v) for v in range(2, cycles + 2)]
         summary = load.stop()
     finally:
@@ -152,7 +162,27 @@ def measure(
         c.old_times = times.get(c.version - 1, c.old_times)
     phase = report.Phase(events, args.poll_seconds, done, load.requests(), summary, steady)
     phase.polls = poller.polls
+    phase.one_version_kib = one_version
     return phase
+
+
+def run_memory(args: argparse.Namespace, work: Path) -> list[memory.MemoryRun]:
+    """Step 5: one server per (model size, load policy), one at a time; models built here."""
+    opts = memory.MemoryOptions(
+        SERVER_CPU,
+        LOAD_CPU,
+        connections=args.connections,
+        tf_threads=args.tf_threads,
+        env=args.server_env,
+    )
+    runs = []
+    for mib in args.model_mib:
+        src = models.build(work / f"model-{mib}mib", mib)
+        for policy in args.memory_policies:
+            runs.append(memory.measure(src, work, policy, args.memory_swaps, opts, mib))
+            print(memory.table(runs)[-1], file=sys.stderr)
+        shutil.rmtree(src)
+    return runs
 
 
 def context(args: argparse.Namespace) -> report.Context:
@@ -180,6 +210,25 @@ def context(args: argparse.Namespace) -> report.Context:
     )
 
 
+def render(
+    ctx: report.Context,
+    main_phase: report.Phase | None,
+    polled: report.Phase | None,
+    runs: list[memory.MemoryRun],
+) -> str:
+    """The swap report (steps 1-4) with the memory step's section, or that section alone."""
+    if main_phase is not None:
+        text = report.render(ctx, main_phase, polled)
+    else:
+        text = (
+            f"# Hot-swap benchmark (memory only), {ctx.date}\n\nCommit `{ctx.commit}`; {ctx.cpu}.\n"
+        )
+        text += "".join(f"\n- {n}" for n in ctx.notes) + "\n"
+    if runs:
+        text += "\n" + "\n".join(memory.render(runs)) + "\n"
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cycles", type=int, help="swaps with file events (default 50)")
@@ -195,6 +244,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the plain-wrk rate measurement",
     )
     p.add_argument("--quick", action="store_true", help="dev run: 3 swaps, 3 s steady, 2 polled")
+    p.add_argument(
+        "--model-mib",
+        default="64,1024",
+        help="memory step: sizes (MiB) of the variable of the generated models, comma-separated; "
+        "empty: skip the step",
+    )
+    p.add_argument("--memory-swaps", type=int, default=3, help="memory step: swaps per server")
+    p.add_argument(
+        "--memory-policies",
+        default="availability_preserving,resource_preserving",
+        help="memory step: --load_policy values, comma-separated",
+    )
+    p.add_argument("--memory-only", action="store_true", help="only the memory step")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of every server (repeatable)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench-results")
     p.add_argument("--keep-logs", action="store_true", help="copy the server logs to --out")
     args = p.parse_args(argv)
@@ -202,6 +271,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, default in zip(("cycles", "polled_cycles", "steady"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
+    args.model_mib = [int(m) for m in args.model_mib.split(",") if m.strip()]
+    args.memory_policies = [p for p in args.memory_policies.split(",") if p.strip()]
+    args.server_env = tuple(tuple(kv.split("=", 1)) for kv in args.server_env)
     return args
 
 
@@ -212,19 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         write_body(work / "body.json")
         started = time.monotonic()
-        main_phase = run_phase(args, work, events=True, cycles=args.cycles)
-        polled = None
-        if args.polled_cycles > 0:
-            polled = run_phase(args, work, events=False, cycles=args.polled_cycles)
+        main_phase = polled = None
+        if not args.memory_only:
+            main_phase = run_phase(args, work, events=True, cycles=args.cycles)
+            if args.polled_cycles > 0:
+                polled = run_phase(args, work, events=False, cycles=args.polled_cycles)
+        runs = run_memory(args, work)
         ctx = context(args)
+        if args.server_env:
+            ctx.notes.append("server environment: " + " ".join(map("=".join, args.server_env)))
         ctx.notes.append(f"total run time {time.monotonic() - started:.0f} s")
-        text = report.render(ctx, main_phase, polled)
+        text = render(ctx, main_phase, polled, runs)
         args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / f"swap-{time.strftime('%Y%m%d-%H%M%S')}.md"
         if args.keep_logs:
             for log in work.glob("server-*.log"):
                 shutil.copy(log, out.with_name(f"{out.stem}-{log.name}"))
-            report.dump(out.with_name(f"{out.stem}-events.npz"), main_phase)
+            if main_phase is not None:
+                report.dump(out.with_name(f"{out.stem}-events.npz"), main_phase)
     out.write_text(text)
     print(text)
     print(f"written to {out}")

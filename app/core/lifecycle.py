@@ -399,6 +399,10 @@ class ModelState:
         started = time.monotonic()
         drained = await self._work.drain(mv)
         await self._work.release(mv, drained)
+        if not drained and self._unloads is not None:
+            # Its holders still run on the servable: unload it once the last one lets go, so
+            # an abandoned drain still gives its memory back (tensorflow/serving#1664).
+            self._unloads.start_soon(self._unload_when_idle, mv)
         self._unloading.discard(mv)
         version = mv.id.version
         if version not in self.loaded and version not in self._attempts:  # not loading anew
@@ -408,6 +412,16 @@ class ModelState:
             mv.id.name,
             version,
             time.monotonic() - started,
+        )
+
+    async def _unload_when_idle(self, mv: ModelVersion) -> None:
+        while mv.refcount > 0:
+            await mv.idle.wait()
+        await self._work.release(mv, drained=True)  # runner and servable close idempotently
+        log.info(
+            "model %s version %d: unloaded after its last late request finished",
+            mv.id.name,
+            mv.id.version,
         )
 
     async def shutdown(self, timeout: float) -> None:

@@ -34,6 +34,7 @@ from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.runtime import examples as examples_mod
 from app.runtime import warmup as warmup_mod
+from app.runtime.memory import tf_env
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,11 @@ class SavedModelLoader:
         self._tags = list(tags)
         self._intra_op_threads = intra_op_threads
         self._inter_op_threads = inter_op_threads
+        logger.info(
+            "TensorFlow %s, %s",
+            tf.__version__,
+            " ".join(f"{k}={v or '(unset)'}" for k, v in tf_env().items()),
+        )
 
     def load(self, path: Path) -> SavedModelServable:
         """Load the SavedModel in `path`. Raises app.errors.LoadError with a TF code."""

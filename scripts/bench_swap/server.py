@@ -39,6 +39,9 @@ class ServerOptions:
     poll_seconds: int = 1
     events: bool = True
     tf_threads: int = 1
+    model: str = MODEL
+    flags: tuple[str, ...] = ()  # more hotserve flags, e.g. --load_policy=resource_preserving
+    env: tuple[tuple[str, str], ...] = ()  # more environment, e.g. TF_* variables
 
 
 class Server:
@@ -50,7 +53,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._client = httpx.Client(base_url=self.url, timeout=30)
         flags = [
-            f"--model_name={MODEL}",
+            f"--model_name={options.model}",
             f"--model_base_path={options.base}",
             f"--rest_api_port={self.port}",
             "--host=127.0.0.1",
@@ -63,8 +66,9 @@ class Server:
             ]
         if not options.events:
             flags.append("--watch_file_events=false")  # polling alone, as on NFS
+        flags += options.flags
         argv = ["taskset", "-c", str(options.cpu), sys.executable, "-m", "app", *flags]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **dict(options.env)}
         self._log = options.log_path.open("wb")
         self.proc = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
@@ -72,7 +76,7 @@ class Server:
 
     def state(self, version: int) -> str | None:
         """The version's state on the status route, None when the route does not know it."""
-        r = self._client.get(f"/v1/models/{MODEL}/versions/{version}")
+        r = self._client.get(f"/v1/models/{self.options.model}/versions/{version}")
         if r.status_code != 200:
             return None
         state: str = r.json()["model_version_status"][0]["state"]
@@ -125,8 +129,8 @@ class StatusPoller:
     steady and the swap windows carry the same extra load) and remembers when each
     (version, state) was first seen: the time the answer showing it arrived."""
 
-    def __init__(self, url: str, every: float = 0.01) -> None:
-        self._url = f"{url}/v1/models/{MODEL}"
+    def __init__(self, url: str, every: float = 0.01, model: str = MODEL) -> None:
+        self._url = f"{url}/v1/models/{model}"
         self._every = every
         self._seen: dict[tuple[int, str], float] = {}
         self._cond = threading.Condition()

@@ -368,6 +368,9 @@ async def test_drain_gives_up_after_its_timeout_and_leaves_the_servable_to_its_h
             await d.offer("m", 1, 2)
             await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "END"})
             assert "unload 1" not in loader.events  # never closed under a running request
+        # ...and unloaded (its memory given back) once the last holder lets go.
+        await until(lambda: "unload 1" in loader.events)
+        assert loader.events.count("unload 1") == 1
 
 
 async def test_shutdown_unloads_everything_and_cancels_retries() -> None:

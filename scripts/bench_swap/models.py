@@ -1,0 +1,60 @@
+"""A SavedModel holding one large variable, to measure what an unloaded version leaves resident.
+
+`y = x + big[0]` on a float32 input `x` of shape [-1] (signature `serving_default`); `big` is a
+float32 variable of `mib` MiB (all ones, so `y = x + 1`). The graph holds only a `Fill` op for
+it (saved_model.pb stays small); the checkpoint under variables/ holds the `mib` MiB, which every
+load reads back into memory, as a real model's weights are.
+
+Build it in a child process (`python scripts/bench_swap/models.py OUT MIB`, or `build()` which
+runs that): building a 1 GiB model needs about 2 GiB while it runs, and a child gives it all back.
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MIB = 1 << 20
+
+
+def export(export_dir: Path, mib: int) -> None:
+    """Write the model to `export_dir` (must not exist). Imports TensorFlow."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        big = v1.Variable(tf.ones([mib * MIB // 4], tf.float32), name="big")
+        x = v1.placeholder(tf.float32, shape=[None], name="x")
+        y = tf.add(x, tf.gather(big, 0), name="y")
+        sess.run(big.initializer)
+        info = v1.saved_model.utils.build_tensor_info
+        signature = v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x)},
+            outputs={"y": info(y)},
+            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
+        )
+        builder = v1.saved_model.builder.SavedModelBuilder(str(export_dir))
+        builder.add_meta_graph_and_variables(
+            sess,
+            [v1.saved_model.tag_constants.SERVING],
+            signature_def_map={"serving_default": signature},
+        )
+        builder.save()
+
+
+def build(export_dir: Path, mib: int) -> Path:
+    """`export()` in a child process (so this one never holds the variable); returns the dir."""
+    subprocess.run(
+        [sys.executable, __file__, str(export_dir), str(mib)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return export_dir
+
+
+if __name__ == "__main__":
+    export(Path(sys.argv[1]), int(sys.argv[2]))
