@@ -13,13 +13,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/hotserve
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir .
+# Object-store base paths need their fsspec driver: --build-arg EXTRAS="[s3fs]" (or gcsfs, adlfs).
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS}"
 
 # tensorflow/serving's conventions: the model lives at $MODEL_BASE_PATH/$MODEL_NAME.
 ENV MODEL_BASE_PATH=/models \
     MODEL_NAME=model
+# Versions downloaded from object stores are cached here (an emptyDir on Kubernetes).
+ENV HOTSERVE_MODEL_CACHE_DIR=/var/cache/hotserve
 RUN useradd --system --uid 10001 --no-create-home hotserve \
-    && mkdir -p "${MODEL_BASE_PATH}" && chown hotserve "${MODEL_BASE_PATH}"
+    && mkdir -p "${MODEL_BASE_PATH}" "${HOTSERVE_MODEL_CACHE_DIR}" \
+    && chown hotserve "${MODEL_BASE_PATH}" "${HOTSERVE_MODEL_CACHE_DIR}"
 COPY --chmod=0755 docker/entrypoint.sh /usr/bin/tf_serving_entrypoint.sh
 USER hotserve
 

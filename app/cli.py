@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
     configure_logging(settings.log_level)
+    if settings.workers > 1 and serve is None:
+        from app.workers import supervise
+
+        return supervise(settings, flags.overrides)
     return (serve or _serve_with_uvicorn)(settings)
 
 
@@ -195,15 +200,27 @@ def _serve_with_uvicorn(settings: Settings) -> int:
 
     After SIGTERM uvicorn re-raises the signal, so the process ends as killed by it (143).
     """
+    app = build_app_or_fail(settings)
+    if app is None:
+        return EXIT_FAILURE
+    return run_server(app, settings)
+
+
+def build_app_or_fail(settings: Settings) -> Any:
+    """`create_app(settings)`, or None after printing TF Serving's startup error."""
     # Imported here, not at the top: app.main pulls in the whole application, which --help,
     # --version and flag errors do not need. Importing it builds nothing.
     from app.main import create_app
 
     try:
-        app = create_app(settings)
+        return create_app(settings)
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
-        return EXIT_FAILURE
+        return None
+
+
+def run_server(app: Any, settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Run uvicorn on `app` (on `sockets` when given: `--workers`) until a shutdown signal."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -217,7 +234,7 @@ def _serve_with_uvicorn(settings: Settings) -> int:
     )
     server = uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         # uvicorn re-raises the captured SIGINT once its graceful shutdown is done.
         logger.info("Interrupted; server shut down")

@@ -35,6 +35,7 @@ from app.core.batch_policy import validate_batch_policy
 from app.core.types import BatchPolicy, ModelConfig, VersionPolicy
 from app.errors import ConfigError
 from app.settings import Settings, schedulable_cpus
+from app.storage.remote import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ def _version_policy(entry: Any) -> VersionPolicy:
 def _local_base_path(name: str, base_path: str) -> str:
     """The local directory of `base_path`, which must be absolute (or a `file://` URI).
 
-    TF Serving also accepts URIs of remote file systems (gs://, s3://, ...); hotserve reads the
-    local file system only, so it refuses them here instead of failing every poll later.
+    Object-store URLs (`s3://`, `gs://`, `az://`, see `app.storage`) are kept as they are:
+    their versions are downloaded into a local cache. Other remote file systems TF Serving
+    reads (hdfs://, ...) are refused here instead of failing every poll later.
     """
+    if is_remote(base_path):
+        return base_path
     uri = _URI.match(base_path)
     if uri is not None:
         scheme, rest = uri.groups()
@@ -149,7 +153,8 @@ def _local_base_path(name: str, base_path: str) -> str:
             return rest
         raise ConfigError(
             f"Model {name} has base_path {base_path}: hotserve serves models from the local"
-            " file system only (an absolute path or a file:/// URI)"
+            " file system or an object store only (an absolute path, a file:/// URI, s3://,"
+            " gs:// or az://)"
         )
     if not os.path.isabs(base_path):
         raise ConfigError(

@@ -18,11 +18,12 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 import anyio
-from anyio import to_thread
+from anyio import from_thread, to_thread
 from fastapi import FastAPI
 
 from app import config
@@ -31,14 +32,19 @@ from app.core.lifecycle import LoadOptions, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
-from app.core.types import BatchPolicy, ModelConfig, ServableId
-from app.errors import ConfigError
+from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState
+from app.errors import ConfigError, NotFound
 from app.metrics import Metrics
 from app.settings import Settings
+from app.storage.cache import VersionCache
+from app.storage.scanner import RemoteScanner, SplitScanner
 
 log = logging.getLogger(__name__)
 
 PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
+# Base paths scanned at once: an object-store scan may download a version, which must not hold
+# up every other model's discovery.
+SCAN_THREADS = 4
 
 
 def load_options(settings: Settings) -> LoadOptions:
@@ -130,6 +136,22 @@ async def poll_config(
             current = configs
 
 
+def versions_in_use(registry: Registry) -> Callable[[str], set[int]]:
+    """For scanning threads: the versions of a model the registry holds (not END), read on the
+    event loop's thread (the registry is not thread-safe)."""
+
+    def on_loop(name: str) -> set[int]:
+        try:
+            return {s.version for s in registry.status(name) if s.state is not VersionState.END}
+        except NotFound:
+            return set()
+
+    def in_use(name: str) -> set[int]:
+        return from_thread.run_sync(on_loop, name)
+
+    return in_use
+
+
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -184,19 +206,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = metrics.timed_loader(loader)
     inference = anyio.CapacityLimiter(inference_threads(settings, policy))
     loads = anyio.CapacityLimiter(max(settings.num_load_threads, 1))
+    gate = getattr(app.state, "publish_gate", None)  # set by app.workers under --workers N
     registry = Registry(
         loader,
         runner_factory(settings, policy, inference, metrics),
         loads,
-        load_options(settings),
+        replace(load_options(settings), publish_gate=gate),
         release,
     )
     registry.set_models(configs)
-    scanner = VersionScanner(settings.version_settle_seconds, settings.version_done_marker)
+    scanner = SplitScanner(
+        VersionScanner(settings.version_settle_seconds, settings.version_done_marker),
+        RemoteScanner(
+            VersionCache(settings.model_cache_dir, settings.model_cache_max_bytes),
+            settings.version_done_marker,
+            in_use=versions_in_use(registry),
+        ),
+    )
     source = VersionSource(
-        scanner,
+        scanner,  # type: ignore[arg-type]  # the duck type VersionSource uses
         float(settings.file_system_poll_wait_seconds),
-        anyio.CapacityLimiter(1),
+        anyio.CapacityLimiter(SCAN_THREADS),
         registry.on_scan,
         file_events=settings.watch_file_events,
     )
@@ -213,6 +243,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     with notice_exit_signals(begin_shutdown):
         async with anyio.create_task_group() as tg:
+            if gate is not None:
+                await tg.start(gate.run)
             await tg.start(registry.run)
             tg.start_soon(source.run)
             if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:

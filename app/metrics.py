@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +291,7 @@ class Metrics:
     def __init__(self, registry: Callable[[], Registry | None]) -> None:
         self._registry = registry
         self.prometheus = CollectorRegistry()
+        self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
         self.requests = RequestMetrics()
         self._totals = BatchTotals()
         self._versions: dict[tuple[str, str], VersionBatchMetrics] = {}
@@ -371,6 +372,12 @@ class Metrics:
             del self._versions[key]
         return family
 
+    async def render_all(self) -> bytes:
+        """`render`, merged with every other worker's under --workers N (`gather`, set by
+        app.workers, receives this process's exposition and returns the merged one)."""
+        own = self.render()
+        return own if self.gather is None else await self.gather(own)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
         text = generate_latest(self.prometheus)
@@ -399,7 +406,7 @@ def install_routes(app: FastAPI, metrics: Metrics, monitoring: MonitoringConfig)
             if query:
                 msg = f"Unexpected path: {path}?{query}. Should be {path}"
                 return JSONResponse({"error": msg}, status_code=400)
-            return Response(metrics.render(), media_type=CONTENT_TYPE)
+            return Response(await metrics.render_all(), media_type=CONTENT_TYPE)
 
     if path != "/metrics":
 
@@ -412,4 +419,4 @@ def install_routes(app: FastAPI, metrics: Metrics, monitoring: MonitoringConfig)
             response_class=Response,
         )
         async def scrape() -> Response:
-            return Response(metrics.render(), media_type=CONTENT_TYPE)
+            return Response(await metrics.render_all(), media_type=CONTENT_TYPE)

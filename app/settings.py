@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +69,11 @@ def _default_model_repository() -> Path:
     """`models/` of the checkout"""
     # app/settings.py -> the checkout root -> models/
     return Path(__file__).resolve().parents[1] / "models"
+
+
+def _default_model_cache() -> Path:
+    """`hotserve-model-cache` in the temp dir"""
+    return Path(tempfile.gettempdir()) / "hotserve-model-cache"
 
 
 class Settings(BaseSettings):
@@ -243,6 +249,30 @@ class Settings(BaseSettings):
         default=False,
         description="log one line per request (off by default, like TF Serving: it costs "
         "throughput on the hot path)",
+    )
+
+    model_cache_dir: Path = Field(
+        default_factory=_default_model_cache,
+        description="local folder object-store versions (s3://, gs://, az:// base paths) are"
+        " downloaded into before they are loaded",
+    )
+    model_cache_max_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="size cap of --model_cache_dir in bytes (versions no longer in use are"
+        " evicted to make room); 0 = no cap",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="serving processes sharing the port(s), each with its own models; a new"
+        " version becomes the default in all of them together (see README: Workers)",
+    )
+    worker_swap_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="with --workers > 1: how long a loaded version waits for every worker to"
+        " load it before it is given up everywhere",
     )
 
     # --- the official Docker image's environment (spec 1.3), unprefixed -----------------------

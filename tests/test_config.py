@@ -132,10 +132,16 @@ def test_base_path_must_be_absolute(path: str) -> None:
         parse_model_server_config(text)
 
 
-def test_remote_base_path_is_refused() -> None:
-    text = _config(_model("a", "gs://bucket/a", model_platform='"tensorflow"'))
-    with pytest.raises(ConfigError, match="local file system only"):
+def test_unsupported_remote_base_path_is_refused() -> None:
+    text = _config(_model("a", "hdfs://namenode/a", model_platform='"tensorflow"'))
+    with pytest.raises(ConfigError, match="local file system or an object store only"):
         parse_model_server_config(text)
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/a", "gs://bucket/a/", "az://container/a"])
+def test_object_store_base_path_is_kept(url: str) -> None:
+    text = _config(_model("a", url, model_platform='"tensorflow"'))
+    assert [c.base_path for c in parse_model_server_config(text)] == [url]
 
 
 @pytest.mark.parametrize(

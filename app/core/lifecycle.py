@@ -307,6 +307,8 @@ class ModelState:
         except Exception as exc:  # any failure of a load must leave serving untouched
             self._failed(version, attempts, exc, started)
             return
+        if not await self._admitted(mv, attempts):
+            return
         if not self.active or version not in (self._aspired or ()):
             log.info("model %s version %d: no longer aspired after loading", sid.name, version)
             self._attempts.pop(version, None)
@@ -323,6 +325,8 @@ class ModelState:
         self._inherit_used(mv)
         self.loaded[version] = mv
         self._publish()
+        if self._options.publish_gate is not None:
+            self._options.publish_gate.published(sid)
         self._set(version, VersionState.AVAILABLE)
         log.info(
             "model %s version %d: AVAILABLE (load+warmup %.2fs)",
@@ -342,6 +346,8 @@ class ModelState:
             log.error("model %s version %d: END, %s: %s", self.name, version, why, a.message)
             self._set(version, VersionState.END, a.code, a.message)
             a.gave_up = True
+            if self._options.publish_gate is not None:
+                self._options.publish_gate.failed(ServableId(self.name, version), a.message)
             if not wanted:  # a later re-publish starts over
                 self._attempts.pop(version, None)
             return
@@ -357,6 +363,18 @@ class ModelState:
             a.message,
             interval,
         )
+
+    async def _admitted(self, mv: ModelVersion, a: _Attempts) -> bool:
+        """With --workers, a version is routable only once every worker loaded it; one that
+        some worker could not load is served by none (it ends here, not retried)."""
+        gate = self._options.publish_gate
+        if gate is None or await gate.ready(mv.id):
+            return True
+        a.code, a.message, a.gave_up = "ABORTED", "not loaded by every worker; served by none", True
+        log.error("model %s version %d: END, %s", mv.id.name, mv.id.version, a.message)
+        await self._work.release(mv, drained=True)
+        self._set(mv.id.version, VersionState.END, a.code, a.message)
+        return False
 
     def _replaces(self, version: int) -> ModelVersion | None:
         """The serving version `version` would take the default route from, if any. Versions

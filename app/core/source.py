@@ -41,6 +41,8 @@ def _watch_targets(configs: Sequence[ModelConfig]) -> _WatchTargets:
     recursive: set[str] = set()
     shallow: set[str] = set()
     for config in configs:
+        if "://" in config.base_path:  # an object-store URL (app.storage): nothing to watch
+            continue
         path = Path(config.base_path).absolute()
         try:
             if path.is_dir():

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio import to_thread
@@ -55,6 +55,23 @@ class ModelVersion:
         self.used.add(signature)
 
 
+class PublishGate(Protocol):
+    """Admission of loaded versions shared with other processes (`app.worker`): a version
+    becomes routable only once `ready` says every worker has it. Called on the loop thread."""
+
+    async def ready(self, sid: ServableId) -> bool:
+        """Wait until every worker loaded `sid` (True) or one of them gave it up (False)."""
+        ...
+
+    def failed(self, sid: ServableId, reason: str) -> None:
+        """This worker gave up loading `sid` (no retries left)."""
+        ...
+
+    def published(self, sid: ServableId) -> None:
+        """`sid` is routable in this worker now."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     max_num_load_retries: int = 5
@@ -66,6 +83,7 @@ class LoadOptions:
     resource_preserving: bool = False
     signature_check: SignatureCheck = "used"
     load_thread_nice: int = 5
+    publish_gate: PublishGate | None = None
 
 
 class VersionWork:

@@ -23,11 +23,16 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+_collect_lock = threading.Lock()
+_last_unload: float | None = None  # monotonic time of the latest note_unload(); None: never
+_last_collect_start = float("-inf")
 
 # TensorFlow environment variables hotserve sets unless the user has set them. They must be in
 # the environment before TensorFlow makes its CPU allocator (at its first allocation; measured:
@@ -94,12 +99,34 @@ def freeze_startup_objects() -> None:
     logger.info("froze %d start-up objects out of the garbage collector", gc.get_freeze_count())
 
 
+def note_unload() -> None:
+    """Record that a servable just released its resources (called at the end of its unload)."""
+    global _last_unload  # noqa: PLW0603  (one process-wide fact, guarded by the GIL)
+    _last_unload = time.monotonic()
+
+
 def release_memory() -> None:
     """Collect garbage, then return free heap pages to the OS (glibc malloc_trim(0)).
+
+    Skipped when a collection began after the latest unload (`note_unload`): it already saw
+    that garbage. Why: a full collection holds the GIL for time proportional to every loaded
+    model's objects (~370 per small SavedModel: 34 ms at 200 models here), so a config reload
+    that unloads k of n models stalled requests k times O(n) (p99 6.8x steady at 200 models);
+    a burst of unloads now costs one or two collections.
 
     A no-op beyond gc.collect() where the C library has no malloc_trim (musl, macOS).
     Blocking but short; safe from any thread.
     """
+    global _last_collect_start  # noqa: PLW0603
+    with _collect_lock:
+        if _last_unload is not None and _last_collect_start > _last_unload:
+            logger.debug("release_memory: a collection since the last unload covered it")
+            return
+        _last_collect_start = time.monotonic()
+        _collect_and_trim()
+
+
+def _collect_and_trim() -> None:
     started = time.perf_counter()
     collected = gc.collect()
     trim = _malloc_trim()

@@ -34,7 +34,7 @@ from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.runtime import examples as examples_mod
 from app.runtime import warmup as warmup_mod
-from app.runtime.memory import tf_env
+from app.runtime.memory import note_unload, tf_env
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,7 @@ class SavedModelServable:
             self._feeds = {}
         if session is not None:
             session.close()
+            note_unload()
             logger.info("Unloaded SavedModel %s", self._path)
 
 

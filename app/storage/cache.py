@@ -1,0 +1,142 @@
+"""The local cache of downloaded versions: `<root>/<model>-<hash of base URL>/<version>/`.
+
+A version is downloaded file by file (exactly the files of the listing that was judged
+complete) into a fresh temporary folder under `<root>/.tmp/`, every size is checked against the
+listing, the caller's `verify` runs on the folder, a manifest is written, and only then is the
+folder renamed into place (one `rename`: a reader sees no version dir or a whole one). A
+version dir without the manifest is debris of an older process and is replaced.
+
+`max_bytes` (> 0) caps the cache: a download that would pass it first evicts versions the
+caller says are not in use, and is refused (`CacheFull`) when that is not enough.
+
+Blocking; call from worker threads. One `VersionCache` per process and root: two processes
+must not share a root (`--workers` gives each worker a root of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = ".hotserve-download.json"
+_TMP = ".tmp"
+_STALE_TMP_SECONDS = 3600.0
+
+
+class CacheFull(OSError):
+    """The download does not fit under the size cap even after evicting unused versions."""
+
+
+class VersionCache:
+    def __init__(self, root: Path, max_bytes: int = 0) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._sizes: dict[Path, int] = {}
+
+    def model_dir(self, model: str, base_url: str) -> Path:
+        digest = hashlib.sha256(base_url.encode()).hexdigest()[:10]
+        return self.root / f"{model}-{digest}"
+
+    def cached(self, model_dir: Path, version: int) -> Path | None:
+        """The version's folder when a complete download of it is in the cache."""
+        path = model_dir / str(version)
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            return None
+        if path not in self._sizes:
+            try:
+                self._sizes[path] = int(json.loads(manifest.read_text())["bytes"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return path
+
+    def total_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def download(
+        self,
+        fs: Any,
+        remote_dir: str,
+        files: dict[str, int],
+        dest: Path,
+        *,
+        verify: Callable[[Path], None],
+        evictable: Callable[[Path], bool],
+    ) -> Path:
+        """Copy `files` (relative path -> listed size) of `remote_dir` to `dest` atomically.
+
+        Raises OSError (also `CacheFull`) for I/O problems and whatever `verify` raises (a
+        ValueError saying what is wrong); nothing is left behind on any failure.
+        """
+        needed = sum(files.values())
+        self._make_room(needed, evictable)
+        tmp_root = self.root / _TMP
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        self._clean_stale(tmp_root)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}-", dir=tmp_root))
+        try:
+            for rel, size in sorted(files.items()):
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{remote_dir}/{rel}", str(target))
+                got = target.stat().st_size
+                if got != size:  # the object changed (or was cut) after the listing
+                    raise OSError(f"{rel}: downloaded {got} bytes, listing said {size}")
+            verify(tmp)
+            manifest = {"bytes": needed, "files": files, "source": remote_dir, "at": time.time()}
+            (tmp / MANIFEST).write_text(json.dumps(manifest))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():  # debris without a manifest (cached() said no)
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._sizes[dest] = needed
+        return dest
+
+    def evict(self, path: Path) -> None:
+        """Delete one cached version (its folder; the manifest first, so a crash mid-way
+        leaves debris, never a version that looks complete)."""
+        self._sizes.pop(path, None)
+        try:
+            (path / MANIFEST).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("cache: cannot evict %s: %s", path, exc)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("cache: evicted %s", path)
+
+    def _make_room(self, needed: int, evictable: Callable[[Path], bool]) -> None:
+        if self.max_bytes <= 0 or self.total_bytes() + needed <= self.max_bytes:
+            return
+        for path in sorted(self._sizes, key=lambda p: self._sizes[p], reverse=True):
+            if evictable(path):
+                self.evict(path)
+                if self.total_bytes() + needed <= self.max_bytes:
+                    return
+        raise CacheFull(
+            f"cache {self.root} holds {self.total_bytes()} bytes in use; {needed} more would pass"
+            f" the cap of {self.max_bytes}"
+        )
+
+    @staticmethod
+    def _clean_stale(tmp_root: Path) -> None:
+        """Remove temporary folders a killed process left (old enough not to be in progress)."""
+        now = time.time()
+        for entry in tmp_root.iterdir():
+            try:
+                if now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                continue

@@ -1,0 +1,189 @@
+"""--workers N: the publish gate in core's lifecycle (in process, real TensorFlow models), the
+merged metrics, and N real worker processes on one port swapping one way together."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+from fastapi import FastAPI
+
+from app.core.types import ServableId, VersionState
+from app.main import create_app
+from app.metrics_merge import merge_expositions
+from app.publish import publish
+from app.settings import Settings
+from tests.harness import ServerProcess
+from tests.integration.conftest import version_of
+
+XS = [1.0, 2.0]
+
+
+class RecordingGate:
+    """A PublishGate that admits the versions in `admit` and records every call."""
+
+    def __init__(self, admit: set[int]) -> None:
+        self.admit = admit
+        self.calls: list[tuple[str, int]] = []
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    async def ready(self, sid: ServableId) -> bool:
+        self.calls.append(("ready", sid.version))
+        return sid.version in self.admit
+
+    def failed(self, sid: ServableId, reason: str) -> None:
+        self.calls.append(("failed", sid.version))
+
+    def published(self, sid: ServableId) -> None:
+        self.calls.append(("published", sid.version))
+
+
+@asynccontextmanager
+async def gated_app(settings: Settings, gate: RecordingGate) -> AsyncIterator[FastAPI]:
+    app = create_app(settings)
+    app.state.publish_gate = gate
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def _predict(app: FastAPI) -> int:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.post("/v1/models/m:predict", json={"instances": XS})
+        assert r.status_code == 200, r.text
+        return version_of(r.json()["predictions"], XS)
+
+
+async def _until(check: object, timeout: float = 60.0) -> None:
+    with anyio.fail_after(timeout):
+        while not check():  # type: ignore[operator]
+            await anyio.sleep(0.05)
+
+
+async def test_a_version_the_gate_refuses_is_never_routed(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    settings = Settings(
+        model_name="m",
+        model_base_path=str(base),
+        version_settle_seconds=0.1,
+        max_num_load_retries=0,
+    )
+    gate = RecordingGate(admit={1})
+    async with gated_app(settings, gate) as app:
+        registry = app.state.registry
+        await _until(registry.is_ready)
+        assert gate.calls == [("ready", 1), ("published", 1)]
+        publish(bias_versions / "2", base, 2)
+        await _until(lambda: ("ready", 2) in gate.calls)
+        await _until(lambda: registry.status("m", 2)[0].state is VersionState.END)
+        assert "served by none" in registry.status("m", 2)[0].error_message
+        assert await _predict(app) == 1
+        # A version this worker cannot load is reported, so the others drop it too.
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a graph")
+        publish(broken, base, 3)
+        await _until(lambda: ("failed", 3) in gate.calls)
+        assert ("published", 2) not in gate.calls and await _predict(app) == 1
+
+
+def test_metrics_are_summed_across_workers_and_gauges_kept_per_worker() -> None:
+    text = (
+        "# HELP req requests\n# TYPE req counter\n"
+        'req{model="m"} {n}\n'
+        "# HELP lat latency\n# TYPE lat histogram\n"
+        'lat_bucket{le="+Inf"} {n}\nlat_sum 0.5\nlat_count {n}\n'
+        "# HELP up state\n# TYPE up gauge\nup 1.0\n"
+    )
+    merged = merge_expositions({0: text.replace("{n}", "3"), 1: text.replace("{n}", "4")}).decode()
+    assert 'req{model="m"} 7.0' in merged
+    assert 'lat_bucket{le="+Inf"} 7.0' in merged and "lat_sum 1.0" in merged
+    assert 'up{worker="0"} 1.0' in merged and 'up{worker="1"} 1.0' in merged
+    assert merged.count("# TYPE req counter") == 1
+
+
+class NewConnectionClients:
+    """Closed-loop clients opening a new connection per request, so the kernel spreads them over
+    the workers; each keeps its timeline of (wall-clock send time, version)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url = url
+        self.timelines: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+        self.failures: list[str] = []
+        self.stop = False
+
+    async def client(self, timeline: list[tuple[float, int]]) -> None:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as c:
+            while not self.stop:
+                sent = time.time()
+                try:
+                    r = await c.post(self.url, json={"instances": XS})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code} {r.text}")
+                    continue
+                timeline.append((sent, version_of(r.json()["predictions"], XS)))
+
+
+_SKEW = re.compile(
+    r"version (\d+): the default in all (\d+) workers; skew ([\d.]+) ms"
+    r" \(first ([\d.]+), last ([\d.]+)\)"
+)
+
+
+async def test_two_workers_share_the_port_and_swap_one_way(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    args = ["--model_name=m", f"--model_base_path={base}", "--workers=2", "--enable_batching"]
+    env = {
+        "HOTSERVE_VERSION_SETTLE_SECONDS": "0.2",
+        "HOTSERVE_MODEL_CACHE_DIR": str(tmp_path / "c"),
+    }
+    with ServerProcess(args, env=env) as srv:
+        srv.start(tmp_path / "server.log", ready_timeout=180)
+        assert srv.log().count("loaded here; waiting for every worker") == 2
+        load = NewConnectionClients(srv.url + "/v1/models/m:predict", 6)
+        async with anyio.create_task_group() as tg:
+            for timeline in load.timelines:
+                tg.start_soon(load.client, timeline)
+            try:
+                await _until(lambda: sum(map(len, load.timelines)) > 50)
+                publish(bias_versions / "2", base, 2)
+                await _until(lambda: _SKEW.search(srv.log().split("version 2: loaded by all")[-1]))
+                await anyio.sleep(1.0)
+            finally:
+                load.stop = True
+        assert load.failures == []
+        match = next(m for m in _SKEW.finditer(srv.log()) if m.group(1) == "2")
+        last_published = float(match.group(5))
+        for timeline in load.timelines:
+            seen_new = False
+            for sent, version in timeline:
+                if version == 2:
+                    seen_new = True
+                # After the last worker switched, nobody is sent back to version 1.
+                assert not (seen_new and version == 1 and sent > last_published), timeline
+            assert seen_new
+        # Metrics cover both workers: the request counter sums every answered request.
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'worker="0"' in metrics and 'worker="1"' in metrics
