@@ -18,15 +18,18 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.grpc", "app.serving", "app.runtime", "app.main", "app.lifespan",
-             "app.cli", "fastapi", "starlette", "grpc", "tensorflow", "tensorflow_serving"),
-    "serving": ("app.api", "app.grpc", "app.runtime", "app.main", "app.lifespan", "app.cli",
-                "fastapi", "starlette", "grpc", "google.protobuf", "tensorflow",
+    "core": ("app.api", "app.grpc", "app.serving", "app.control", "app.runtime", "app.main",
+             "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
+             "tensorflow_serving"),
+    "serving": ("app.api", "app.grpc", "app.control", "app.runtime", "app.main", "app.lifespan",
+                "app.cli", "fastapi", "starlette", "grpc", "google.protobuf", "tensorflow",
                 "tensorflow_serving"),
     "api": ("app.runtime", "app.grpc", "app.lifespan", "app.cli", "grpc", "tensorflow",
             "tensorflow_serving"),
-    "grpc": ("app.runtime", "app.api", "app.lifespan", "app.cli", "app.main", "fastapi",
-             "starlette"),
+    "grpc": ("app.runtime", "app.api", "app.control", "app.lifespan", "app.cli", "app.main",
+             "fastapi", "starlette"),
+    "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
+                "tensorflow_serving"),
 }  # fmt: skip
 # The gRPC edge speaks TF Serving's protos, which live in TensorFlow's package.
 TF_PROTOS = ("tensorflow.core.framework", "tensorflow.core.example")

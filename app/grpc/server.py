@@ -200,16 +200,17 @@ class GrpcServer:
         out = [f"{self.opts.host}:{p}" for p in self.ports[: 1 if self.opts.port else 0]]
         return out + ([f"unix:{self.opts.socket_path}"] if self.opts.socket_path else [])
 
-    async def stop(self) -> None:
-        """Refuse new RPCs, give in-flight ones the grace period, then return."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, give in-flight ones the grace period (`grace` seconds, else the
+        configured one), then return."""
         self._stopped.set()
-        await self._shutdown()
+        await self._shutdown(grace)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, grace: float | None = None) -> None:
         server, self._server = self._server, None
         if server is None:
             return
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        await server.stop(self.opts.stop_grace_seconds)
+        await server.stop(self.opts.stop_grace_seconds if grace is None else grace)
         log.info("gRPC server stopped")
