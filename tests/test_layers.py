@@ -1,7 +1,9 @@
-"""The import direction of ARCHITECTURE.md: main, lifespan, cli -> api, runtime, core -> errors.
+"""The import direction of ARCHITECTURE.md: main, lifespan, cli -> api, runtime, storage, core ->
+errors.
 
-core imports neither api, runtime, fastapi nor tensorflow; api never imports runtime; only
-runtime imports tensorflow. Checked on the source with ast, so a lazy import counts too.
+core imports neither api, runtime, storage, fastapi nor tensorflow; storage builds on core only;
+api never imports runtime or storage; only runtime imports tensorflow. Checked on the source with
+ast, so a lazy import counts too.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.runtime", "app.main", "app.lifespan", "app.cli", "fastapi",
-             "starlette", "tensorflow", "tensorflow_serving"),
-    "api": ("app.runtime", "app.lifespan", "app.cli", "tensorflow", "tensorflow_serving"),
+    "core": ("app.api", "app.runtime", "app.storage", "app.main", "app.lifespan", "app.cli",
+             "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
+    "api": ("app.runtime", "app.storage", "app.lifespan", "app.cli", "tensorflow",
+            "tensorflow_serving"),
+    # Object-store discovery builds on core's scanner contract; it serves nothing itself.
+    "storage": ("app.api", "app.runtime", "app.main", "app.lifespan", "app.cli", "fastapi",
+                "starlette", "tensorflow", "tensorflow_serving"),
 }  # fmt: skip
 
 
