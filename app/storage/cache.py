@@ -37,6 +37,16 @@ class CacheFull(OSError):
     """The download does not fit under the size cap even after evicting unused versions."""
 
 
+def _check_relative(rel: str) -> None:
+    """Raise ValueError unless `rel` names a file inside the download folder.
+
+    Object keys are strings, not paths: `a/../../x` or an empty component (a key `m/1//etc/x`
+    lists as `/etc/x` under version 1) would otherwise be joined onto the folder and written
+    outside it, anywhere the server may write."""
+    if any(part in ("", ".", "..") for part in rel.split("/")):  # "" also: absolute, "a//b"
+        raise ValueError(f"unsafe object name {rel!r} in the version")
+
+
 class VersionCache:
     def __init__(self, root: Path, max_bytes: int = 0) -> None:
         self.root = root
@@ -75,9 +85,12 @@ class VersionCache:
     ) -> Path:
         """Copy `files` (relative path -> listed size) of `remote_dir` to `dest` atomically.
 
-        Raises OSError (also `CacheFull`) for I/O problems and whatever `verify` raises (a
-        ValueError saying what is wrong); nothing is left behind on any failure.
+        Raises OSError (also `CacheFull`) for I/O problems, ValueError for a name that is not a
+        plain relative path, and whatever `verify` raises (a ValueError saying what is wrong);
+        nothing is left behind on any failure.
         """
+        for rel in files:
+            _check_relative(rel)
         needed = sum(files.values())
         self._make_room(needed, evictable)
         tmp_root = self.root / _TMP
