@@ -34,6 +34,9 @@ _TMP = ".tmp"
 _STALE_TMP_SECONDS = 3600.0
 
 
+Verify = Callable[[Path], None]
+
+
 class CacheFull(OSError):
     """The download does not fit under the size cap even after evicting unused versions."""
 
@@ -107,20 +110,15 @@ class VersionCache:
             self._make_room(needed, evictable)
             self._reserved += needed
         try:
-            return self._download(fs, remote_dir, files, dest, verify=verify)
+            return self._copy(fs, remote_dir, files, dest, verify)
         finally:
             with self._lock:
                 self._reserved -= needed
 
-    def _download(
-        self,
-        fs: Any,
-        remote_dir: str,
-        files: dict[str, int],
-        dest: Path,
-        *,
-        verify: Callable[[Path], None],
+    def _copy(
+        self, fs: Any, remote: str, files: dict[str, int], dest: Path, verify: Verify
     ) -> Path:
+        """`download`'s copy, once its bytes are reserved under the cap."""
         needed = sum(files.values())
         tmp_root = self.root / _TMP
         tmp_root.mkdir(parents=True, exist_ok=True)
@@ -130,12 +128,12 @@ class VersionCache:
             for rel, size in sorted(files.items()):
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{remote_dir}/{rel}", str(target))
+                fs.get_file(f"{remote}/{rel}", str(target))
                 got = target.stat().st_size
                 if got != size:  # the object changed (or was cut) after the listing
                     raise OSError(f"{rel}: downloaded {got} bytes, listing said {size}")
             verify(tmp)
-            manifest = {"bytes": needed, "files": files, "source": remote_dir, "at": time.time()}
+            manifest = {"bytes": needed, "files": files, "source": remote, "at": time.time()}
             (tmp / MANIFEST).write_text(json.dumps(manifest))
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():  # debris without a manifest (cached() said no)
