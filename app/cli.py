@@ -3,7 +3,8 @@
 Flags are TF Serving's (spec 1.2) plus hotserve's own (see `app.settings`), written
 `--flag=value` or `--flag value`; a boolean flag alone means true, and takes `=true|false|1|0`.
 Flags given on the command line override `HOTSERVE_<FLAG>` environment variables, which override
-the defaults. Exit status: 0 after `--help`, `--version` or a clean shutdown; 255 (TF Serving's
+the defaults. Exit status: 0 after `--help` or `--version`; after a graceful shutdown, 130 for
+SIGINT and, for SIGTERM, killed by the signal (143: uvicorn re-raises it); 255 (TF Serving's
 -1) for an unknown flag, a bad value, a configuration TF Serving refuses, or a failed startup.
 Unknown positional arguments print the usage and are otherwise ignored, as in TF Serving.
 """
@@ -23,9 +24,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from app import __version__
+from app.core.servable import Loader
 from app.errors import ConfigError
 from app.logs import configure_logging
 from app.settings import COMPAT_ONLY_FLAGS, HOTSERVE_FLAGS, TF_SERVING_FLAGS, Settings
+from app.shutdown import GracefulServer, ShutdownPlan
 
 logger = logging.getLogger(__name__)
 
@@ -185,34 +188,36 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and serve is None:
         from app.workers import supervise
 
         return supervise(settings, flags.overrides)
-    return (serve or _serve_with_uvicorn)(settings)
+    return (serve or serve_with_uvicorn)(settings)
 
 
-def _serve_with_uvicorn(settings: Settings) -> int:
+def serve_with_uvicorn(settings: Settings, loader: Loader | None = None) -> int:
     """Serve until a shutdown signal; 255 if the app could not be built (a bad monitoring
     config) or failed to start (e.g. an unreadable models.config).
 
+    `loader` replaces the TensorFlow loader (tests serve fakes through the real command).
     After SIGTERM uvicorn re-raises the signal, so the process ends as killed by it (143).
+    Signals follow the shutdown contract of `app.shutdown` (grace, budget, second signal).
     """
-    app = build_app_or_fail(settings)
+    app = build_app_or_fail(settings, loader)
     if app is None:
         return EXIT_FAILURE
     return run_server(app, settings)
 
 
-def build_app_or_fail(settings: Settings) -> Any:
+def build_app_or_fail(settings: Settings, loader: Loader | None = None) -> Any:
     """`create_app(settings)`, or None after printing TF Serving's startup error."""
     # Imported here, not at the top: app.main pulls in the whole application, which --help,
     # --version and flag errors do not need. Importing it builds nothing.
     from app.main import create_app
 
     try:
-        return create_app(settings)
+        return create_app(settings, loader=loader)
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return None
@@ -225,13 +230,21 @@ def run_server(app: Any, settings: Settings, sockets: list[socket.socket] | None
         host=settings.host,
         port=settings.rest_api_port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        log_config=None,  # uvicorn's records go through hotserve's handler (text or JSON)
+        access_log=False,  # hotserve's own access log carries the request ID (app.tracing)
         lifespan="on",
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_seconds),
+        **tls_options(settings),
     )
-    server = uvicorn.Server(config)
+    plan = ShutdownPlan(settings.shutdown_grace_seconds, settings.shutdown_timeout_seconds)
+
+    def on_signal(deadline: float) -> None:
+        app.state.shutting_down = True
+        app.state.shutdown_deadline = deadline
+
+    server = GracefulServer(config, plan, on_signal)
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:
@@ -242,6 +255,19 @@ def run_server(app: Any, settings: Settings, sockets: list[socket.socket] | None
         logger.error("Failed to start server")
         return EXIT_FAILURE
     return 0
+
+
+_serve_with_uvicorn = serve_with_uvicorn  # the name tests/test_entrypoints.py imports
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS keyword arguments for the REST port (empty: plain HTTP)."""
+    if not settings.rest_ssl_certfile:
+        return {}
+    return {
+        "ssl_certfile": settings.rest_ssl_certfile,
+        "ssl_keyfile": settings.rest_ssl_keyfile or None,
+    }
 
 
 def _is_bool_flag(name: str) -> bool:

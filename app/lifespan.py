@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,15 +27,18 @@ from anyio import from_thread, to_thread
 from fastapi import FastAPI
 
 from app import config
+from app.control.events import EventLog
+from app.control.traffic import Traffic
 from app.core.batcher import Batcher, DirectRunner, Runner
 from app.core.lifecycle import LoadOptions, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
-from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState
-from app.errors import ConfigError, NotFound
+from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState, VersionStatus
+from app.errors import ConfigError, FailedPrecondition, NotFound
 from app.metrics import Metrics
 from app.settings import Settings
+from app.shutdown import remaining
 from app.storage.cache import VersionCache
 from app.storage.scanner import RemoteScanner, SplitScanner
 
@@ -115,6 +118,62 @@ def default_loader(settings: Settings) -> tuple[Loader, Callable[[], None]]:
     return SavedModelLoader(
         tags=tags, intra_op_threads=intra, inter_op_threads=inter
     ), release_memory
+
+
+def observed_runners(
+    make: RunnerFactory, events: EventLog | None, traffic: Traffic | None
+) -> RunnerFactory:
+    """`make`, telling the event log a version is ready and counting its requests (status
+    page); `make` itself when neither is wired in."""
+    if events is None and traffic is None:
+        return make
+
+    def observed(sid: ServableId, servable: Servable, path: Path) -> Runner:
+        if events is not None:
+            events.version_ready(sid, path)
+        runner = make(sid, servable, path)
+        return traffic.wrap(sid.name, sid.version, runner) if traffic is not None else runner
+
+    return observed
+
+
+def state_observer(
+    events: EventLog | None, traffic: Traffic | None
+) -> Callable[[str, VersionStatus], None] | None:
+    """The registry's state-change callback: the event log records it, traffic forgets ended
+    versions."""
+    hooks = [h for h in (events and events.observe, traffic and traffic.forget) if h]
+    if not hooks:
+        return None
+
+    def observe(model: str, status: VersionStatus) -> None:
+        for hook in hooks:
+            hook(model, status)
+
+    return observe
+
+
+def config_reloader(
+    settings: Settings, registry: Registry, source: VersionSource
+) -> Callable[[], Awaitable[list[str]]]:
+    """The admin API's "reload the config now": read models.config and apply it; on error the
+    previous config stays (FailedPrecondition, without the file's path in the message)."""
+    path = Path(settings.model_config_file)
+
+    async def reload() -> list[str]:
+        try:
+            configs = await to_thread.run_sync(config.read_model_server_config, path)
+        except OSError as exc:
+            raise FailedPrecondition(f"Cannot read the model config file: {exc.strerror}") from None
+        except ConfigError as exc:
+            why = f"Invalid model config, kept the previous one: {exc.message}"
+            raise FailedPrecondition(why) from None
+        log.info("config reload (admin): %s", [c.name for c in configs])
+        registry.set_models(configs)
+        source.set_models(configs)
+        return [c.name for c in configs]
+
+    return reload
 
 
 async def poll_config(
@@ -204,15 +263,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: Metrics | None = getattr(app.state, "metrics", None)
     if metrics is not None:
         loader = metrics.timed_loader(loader)
+    events: EventLog | None = getattr(app.state, "events", None)
+    traffic: Traffic | None = getattr(app.state, "traffic", None)
+    if events is not None:
+        loader = events.timed_loader(loader)
     inference = anyio.CapacityLimiter(inference_threads(settings, policy))
     loads = anyio.CapacityLimiter(max(settings.num_load_threads, 1))
     gate = getattr(app.state, "publish_gate", None)  # set by app.workers under --workers N
     registry = Registry(
         loader,
-        runner_factory(settings, policy, inference, metrics),
+        observed_runners(runner_factory(settings, policy, inference, metrics), events, traffic),
         loads,
         replace(load_options(settings), publish_gate=gate),
         release,
+        observe=state_observer(events, traffic),
     )
     registry.set_models(configs)
     scanner = SplitScanner(
@@ -232,6 +296,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
+    app.state.reload_config = (
+        config_reloader(settings, registry, source) if settings.model_config_file else None
+    )
     log.info(
         "hotserve: serving %s (batching %s)",
         ", ".join(f"{c.name} <- {c.base_path}" for c in configs) or "no models",
@@ -246,13 +313,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             if gate is not None:
                 await tg.start(gate.run)
             await tg.start(registry.run)
-            tg.start_soon(source.run)
-            if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
-                tg.start_soon(poll_config, settings, registry, source, configs)
+            discovery = anyio.CancelScope()
+            tg.start_soon(_discover, discovery, settings, registry, source, configs)
             try:
                 yield
             finally:
                 begin_shutdown()
-                with anyio.CancelScope(shield=True):
-                    await registry.close(settings.drain_timeout_seconds)
+                # Discovery and config polling stop first: nothing new loads while we unload.
+                discovery.cancel()
+                deadline = getattr(app.state, "shutdown_deadline", None)
+                budget = remaining(deadline, settings.drain_timeout_seconds)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(budget) as scope:
+                    await registry.close(budget)
+                if scope.cancelled_caught:
+                    log.warning("shutdown: stopped unloading after %.1fs (budget)", budget)
                 tg.cancel_scope.cancel()
+
+
+async def _discover(
+    scope: anyio.CancelScope,
+    settings: Settings,
+    registry: Registry,
+    source: VersionSource,
+    configs: list[ModelConfig],
+) -> None:
+    """Version discovery and models.config polling, under one scope the shutdown cancels."""
+    with scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.run)
+            if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
+                tg.start_soon(poll_config, settings, registry, source, configs)

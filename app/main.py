@@ -26,12 +26,15 @@ from app import __version__
 from app.api.openapi import install_openapi
 from app.api.routes import Receive, RestOptions, Scope, Send, TFServingRest, is_v1
 from app.config import monitoring_config_for
+from app.control.admin import install_admin
+from app.control.page import install_status_page
 from app.core.registry import Registry
 from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
 from app.settings import Settings
+from app.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,16 @@ class HotserveApp(FastAPI):
     scripts/bench/profile.py). Lifespan and everything else take FastAPI's usual path."""
 
     tf_serving_rest: TFServingRest | None = None
+    tracing: Tracing | None = None  # request IDs, traceparent, access log (app.tracing)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracing = self.tracing
+        if tracing is not None and scope["type"] == "http":
+            await tracing(scope, receive, send)  # which calls dispatch_request()
+            return
+        await self.dispatch_request(scope, receive, send)
+
+    async def dispatch_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         rest = self.tf_serving_rest
         if rest is not None and is_v1(scope):
             scope["app"] = self
@@ -62,7 +73,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     loaded later, by the lifespan.
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = HotserveApp(
         title="hotserve",
         version=__version__,
@@ -93,7 +104,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         ),
         observer=metrics.requests,
     )
+    app.tracing = Tracing(app.dispatch_request, access=settings.access_log)
     install_routes(app, metrics, monitoring_config_for(settings))
+    install_admin(app, settings)
+    install_status_page(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process serves HTTP")
     async def healthz() -> dict[str, str]:

@@ -39,6 +39,7 @@ DEFAULT_REST_API_PORT = 8501
 TF_SERVING = "tf_serving"  # a `tensorflow_model_server` flag (spec 1.2)
 HOTSERVE = "hotserve"  # hotserve's own option
 DOCKER_ENV = "docker_env"  # a variable of the TF Serving docker image, not a flag (spec 1.3)
+SECRET_ENV = "secret_env"  # read from HOTSERVE_<NAME> only, never a flag (`ps` shows flags)
 
 
 def tf_flag(description: str, *, no_effect: bool = False, **kwargs: Any) -> Any:
@@ -249,6 +250,44 @@ class Settings(BaseSettings):
         default=False,
         description="log one line per request (off by default, like TF Serving: it costs "
         "throughput on the hot path)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one human-readable line per record; json: one JSON object per line "
+        "(time, level, logger, message, request_id, traceparent and the record's extra fields)",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="after SIGTERM/SIGINT, keep accepting and serving requests this long while "
+        "/readyz answers 503, so a load balancer takes the server out first (Kubernetes: set it "
+        "a little above the readiness probe's period)",
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=25.0,
+        gt=0,
+        description="the whole shutdown (grace, in-flight requests, unloading) ends within this "
+        "many seconds of the first signal; past it the process exits anyway. The default fits "
+        "Kubernetes' 30 s terminationGracePeriodSeconds",
+    )
+    rest_ssl_certfile: str = Field(
+        default="",
+        description="PEM certificate (chain) for HTTPS on the REST port; with "
+        "--rest_ssl_keyfile turns TLS on (uvicorn's ssl options). Empty: plain HTTP",
+    )
+    rest_ssl_keyfile: str = Field(default="", description="PEM private key for --rest_ssl_certfile")
+    admin_token_file: str = Field(
+        default="",
+        description="file holding the admin API's bearer token (also: HOTSERVE_ADMIN_TOKEN in "
+        "the environment); the admin API under /admin/v1 is off unless a token is configured",
+    )
+    admin_token: str = Field(
+        default="",
+        exclude=True,
+        repr=False,
+        json_schema_extra={"group": SECRET_ENV},
+        description="the admin API's bearer token, from the environment only "
+        "(HOTSERVE_ADMIN_TOKEN; the command line refuses it: `ps` would show it)",
     )
 
     model_cache_dir: Path = Field(

@@ -16,13 +16,15 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.runtime", "app.storage", "app.main", "app.lifespan", "app.cli",
-             "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
+    "core": ("app.api", "app.control", "app.runtime", "app.storage", "app.main", "app.lifespan",
+             "app.cli", "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
     "api": ("app.runtime", "app.storage", "app.lifespan", "app.cli", "tensorflow",
             "tensorflow_serving"),
+    "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
+                "tensorflow_serving"),
     # Object-store discovery builds on core's scanner contract; it serves nothing itself.
-    "storage": ("app.api", "app.runtime", "app.main", "app.lifespan", "app.cli", "fastapi",
-                "starlette", "tensorflow", "tensorflow_serving"),
+    "storage": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
+                "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
 }  # fmt: skip
 
 

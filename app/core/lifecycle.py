@@ -34,6 +34,8 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from app.core.overrides import NONE as NO_OVERRIDES
+from app.core.overrides import Overrides
 from app.core.priority import LoadPriority
 from app.core.scanner import ScanResult
 from app.core.servable import Loader
@@ -87,6 +89,7 @@ class ModelState:
         release_memory: Callable[[], None],
         priority: LoadPriority,
         previous: ModelState | None = None,
+        observe: Callable[[str, VersionStatus], None] | None = None,
     ) -> None:
         self.config = config
         self._options = options
@@ -110,6 +113,9 @@ class ModelState:
         self._found: dict[int, Path] = {}
         self._generations: Mapping[int, int] = {}
         self._aspired: frozenset[int] | None = None  # None: no successful scan yet
+        self._scanned: frozenset[int] | None = None  # the source's aspired set, before overrides
+        self.overrides = NO_OVERRIDES
+        self._observe = observe
         self._labels: dict[str, int] = {}
         self._wake = anyio.Event()
         self._stopped = anyio.Event()
@@ -132,9 +138,25 @@ class ModelState:
             if v in self._found and self._generations.get(v, 0) != attempts.generation:
                 log.info("model %s version %d: changed on disk; loading it again", self.name, v)
                 del self._attempts[v]
-        if self._aspired != result.aspired:
-            log.info("model %s: aspired versions %s", self.name, sorted(result.aspired))
-        self._aspired = result.aspired
+        self._scanned = result.aspired
+        aspired = self.overrides.aspired(result.aspired)
+        if self._aspired != aspired:
+            log.info("model %s: aspired versions %s", self.name, sorted(aspired))
+        self._aspired = aspired
+        self._wake.set()
+
+    @property
+    def on_disk(self) -> frozenset[int]:
+        """Complete versions the last successful scan found (loadable by an override)."""
+        return frozenset(self._found)
+
+    def override(self, overrides: Overrides) -> None:
+        """The operator's input (app.core.overrides): applies to the routes now and to the
+        aspired set as a scan result would; kept across later scans until replaced."""
+        self.overrides = overrides
+        if self._scanned is not None and self.active:
+            self._aspired = overrides.aspired(self._scanned)
+        self._publish()
         self._wake.set()
 
     def update_config(self, config: ModelConfig) -> None:
@@ -176,14 +198,14 @@ class ModelState:
         if not self.active and not self.loaded:
             return None
         self._labels = self._effective_labels()
-        latest = self.loaded[max(self.loaded)] if self.loaded else None
+        latest = self.overrides.default(self.loaded)
         return ModelRoute(versions=dict(self.loaded), latest=latest, labels=dict(self._labels))
 
     def _effective_labels(self) -> dict[str, int]:
         """A new label may point at a version that is not loaded yet (it answers once it is);
         an existing label only moves once its new target is AVAILABLE."""
         labels: dict[str, int] = {}
-        for label, target in self.config.version_labels.items():
+        for label, target in self.overrides.apply_labels(self.config.version_labels).items():
             previous = self._labels.get(label)
             if target in self.loaded or previous is None or previous not in self.loaded:
                 labels[label] = target
@@ -281,6 +303,8 @@ class ModelState:
             log.info("model %s: keeping %s until an aspired version is available", self.name, stale)
             return
         for v in stale:
+            if v in (self._aspired or ()):
+                continue  # aspired again while an earlier one drained (an admin pin or load)
             mv = self._begin_unload(v)
             if self._unloads is None or self._options.resource_preserving:
                 await self._finish_unload(mv)  # the next load needs its memory
@@ -288,7 +312,9 @@ class ModelState:
                 self._unloads.start_soon(self._finish_unload, mv)
 
     def _set(self, version: int, state: VersionState, code: str = "OK", msg: str = "") -> None:
-        self.statuses[version] = VersionStatus(version, state, code, msg)
+        status = self.statuses[version] = VersionStatus(version, state, code, msg)
+        if self._observe is not None:
+            self._observe(self.config.name, status)
 
     async def _attempt(self, version: int, path: Path) -> None:
         """One load attempt of `version`; on failure schedule a retry or give up."""

@@ -30,6 +30,7 @@ from app.core.lifecycle import (
     ModelVersion,
     RunnerFactory,
 )
+from app.core.overrides import Overrides
 from app.core.priority import LoadPriority
 from app.core.scanner import ScanResult
 from app.core.servable import Loader
@@ -75,6 +76,8 @@ class Registry:
         load_limiter: anyio.CapacityLimiter,
         options: LoadOptions,
         release_memory: Callable[[], None] | None = None,
+        *,
+        observe: Callable[[str, VersionStatus], None] | None = None,
     ) -> None:
         self._loader = loader
         self._runner_factory = runner_factory
@@ -82,6 +85,7 @@ class Registry:
         self._options = options
         self._release_memory = release_memory or (lambda: None)
         self._priority = LoadPriority(options.load_thread_nice)
+        self._observe = observe  # called with every version state change (app.control.events)
         self._snapshot: Snapshot = EMPTY
         self._models: dict[str, ModelState] = {}
         self._replaced: list[ModelState] = []  # retired states superseded by a new one
@@ -194,7 +198,27 @@ class Registry:
             release_memory=self._release_memory,
             priority=self._priority,
             previous=previous,
+            observe=self._observe,
         )
+
+    def overrides(self, name: str) -> Overrides:
+        """The operator's overrides of model `name` (NotFound if it is not configured)."""
+        return self._active_model(name).overrides
+
+    def on_disk(self, name: str) -> frozenset[int]:
+        """Complete versions of model `name` found by the last scan (NotFound if unknown)."""
+        return self._active_model(name).on_disk
+
+    def override(self, name: str, overrides: Overrides) -> None:
+        """The admin input (app.core.overrides), beside `on_scan`: replaces model `name`'s
+        overrides; its reconciler applies them. The caller checks the safety rules."""
+        self._active_model(name).override(overrides)
+
+    def _active_model(self, name: str) -> ModelState:
+        model = self._models.get(name)
+        if model is None or not model.active:
+            raise NotFound(f"Could not find any versions of model {name}")
+        return model
 
     async def on_scan(self, result: ScanResult) -> None:
         """VersionSource callback: hand the aspired set to the model's reconciler."""
