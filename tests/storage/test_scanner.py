@@ -199,3 +199,21 @@ def test_object_names_never_write_outside_the_download_folder(
     for key in bad:
         s3.client.delete_object(Bucket=bucket, Key=key)
     _scan_until(scanner, config, {1})
+
+
+def test_state_of_a_deleted_version_is_dropped(s3: S3, bias_models: Path, tmp_path: Path) -> None:
+    """A long-lived server sees versions come and go for months: what the scanner remembers
+    per version (listing, shard count, logged reasons) must go with the version."""
+    bucket = _bucket(s3)
+    s3.upload(bias_models / "1", bucket, "m/1")
+    scanner, config = _scanner(tmp_path), _config(bucket)
+    _scan_until(scanner, config, {1})
+    for version in range(2, 6):  # publish, then delete, one version after another
+        s3.upload(bias_models / "2", bucket, f"m/{version}")
+        _scan_until(scanner, config, {version})
+        s3.delete(bucket, f"m/{version}")
+        _scan_until(scanner, config, {1})
+    state = scanner._states[("m", config.base_path)]
+    assert set(state.seen) == {1}
+    assert {v for v, _tag in state.shards} == {1}
+    assert {key.split(":")[0] for key in state.logged} <= {"1"}
