@@ -17,10 +17,11 @@ at once when it loads them again.
 Control messages are JSON lines: worker -> supervisor `{"op": "ready"|"failed"|"published",
 "model", "version", "at"}`, supervisor -> worker `{"op": "go"|"abort", "model", "version"}`.
 
-Limits: a change of the default route that needs no load (an older version still loaded becomes
-the latest when the newest one is deleted, with an `all`/`specific` version policy) is not gated:
-each worker applies it at its own next scan. Each worker downloads object-store versions into its
-own cache folder (`<--model_cache_dir>/worker-<i>`).
+Limits: a change of the default route back to a version admitted before is not gated: when the
+newest version is deleted, each worker rolls back at its own next scan (an older version still
+loaded under `all`/`specific`, or loaded again under `latest`, whose `ready` gets `go` at once as
+a published key, the rule meant for a restarted worker catching up). Each worker downloads
+object-store versions into its own cache folder (`<--model_cache_dir>/worker-<i>`).
 """
 
 from __future__ import annotations

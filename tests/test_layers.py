@@ -1,11 +1,13 @@
 """The import direction of ARCHITECTURE.md:
-main, lifespan, cli -> api, grpc -> serving -> core -> errors; runtime only through lifespan.
+main, lifespan, cli -> api, grpc, control -> serving -> core -> errors; runtime and storage only
+through lifespan.
 
-core imports neither api, grpc, serving, runtime, fastapi nor tensorflow; serving imports no edge,
-no runtime and no wire format (fastapi, grpc, protobuf); the edges (api, grpc) never import
-runtime or each other; only runtime imports tensorflow, except that the gRPC edge may import
-TensorFlow's *protobuf* modules (tensorflow.core.framework / tensorflow.core.example: the wire
-types of TF Serving's API). Checked on the source with ast, so a lazy import counts too.
+core imports neither api, grpc, serving, control, runtime, storage, fastapi nor tensorflow;
+serving imports no edge, no runtime and no wire format (fastapi, grpc, protobuf); the edges (api,
+grpc) never import runtime, storage or each other; storage builds on core only; only runtime
+imports tensorflow, except that the gRPC edge may import TensorFlow's *protobuf* modules
+(tensorflow.core.framework / tensorflow.core.example: the wire types of TF Serving's API).
+Checked on the source with ast, so a lazy import counts too.
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.grpc", "app.serving", "app.control", "app.runtime", "app.main",
-             "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
+    "core": ("app.api", "app.grpc", "app.serving", "app.control", "app.runtime", "app.storage",
+             "app.main", "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
              "tensorflow_serving"),
-    "serving": ("app.api", "app.grpc", "app.control", "app.runtime", "app.main", "app.lifespan",
-                "app.cli", "fastapi", "starlette", "grpc", "google.protobuf", "tensorflow",
-                "tensorflow_serving"),
-    "api": ("app.runtime", "app.grpc", "app.lifespan", "app.cli", "grpc", "tensorflow",
-            "tensorflow_serving"),
-    "grpc": ("app.runtime", "app.api", "app.control", "app.lifespan", "app.cli", "app.main",
-             "fastapi", "starlette"),
+    "serving": ("app.api", "app.grpc", "app.control", "app.runtime", "app.storage", "app.main",
+                "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "google.protobuf",
+                "tensorflow", "tensorflow_serving"),
+    "api": ("app.runtime", "app.grpc", "app.storage", "app.lifespan", "app.cli", "grpc",
+            "tensorflow", "tensorflow_serving"),
+    "grpc": ("app.runtime", "app.api", "app.control", "app.storage", "app.lifespan", "app.cli",
+             "app.main", "fastapi", "starlette"),
     "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
                 "tensorflow_serving"),
+    # Object-store discovery builds on core's scanner contract; it serves nothing itself.
+    "storage": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
+                "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
 }  # fmt: skip
 # The gRPC edge speaks TF Serving's protos, which live in TensorFlow's package.
 TF_PROTOS = ("tensorflow.core.framework", "tensorflow.core.example")

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +34,21 @@ _TMP = ".tmp"
 _STALE_TMP_SECONDS = 3600.0
 
 
+Verify = Callable[[Path], None]
+
+
 class CacheFull(OSError):
     """The download does not fit under the size cap even after evicting unused versions."""
+
+
+def _check_relative(rel: str) -> None:
+    """Raise ValueError unless `rel` names a file inside the download folder.
+
+    Object keys are strings, not paths: `a/../../x` or an empty component (a key `m/1//etc/x`
+    lists as `/etc/x` under version 1) would otherwise be joined onto the folder and written
+    outside it, anywhere the server may write."""
+    if any(part in ("", ".", "..") for part in rel.split("/")):  # "" also: absolute, "a//b"
+        raise ValueError(f"unsafe object name {rel!r} in the version")
 
 
 class VersionCache:
@@ -42,6 +56,10 @@ class VersionCache:
         self.root = root
         self.max_bytes = max_bytes
         self._sizes: dict[Path, int] = {}
+        # Scans of different models download in parallel threads: the cap check and the bytes
+        # it admits must be one step, or two downloads that each fit alone pass it together.
+        self._lock = threading.Lock()
+        self._reserved = 0  # bytes of downloads in progress
 
     def model_dir(self, model: str, base_url: str) -> Path:
         digest = hashlib.sha256(base_url.encode()).hexdigest()[:10]
@@ -53,15 +71,21 @@ class VersionCache:
         manifest = path / MANIFEST
         if not manifest.is_file():
             return None
-        if path not in self._sizes:
+        with self._lock:
+            known = path in self._sizes
+        if not known:
             try:
-                self._sizes[path] = int(json.loads(manifest.read_text())["bytes"])
+                size = int(json.loads(manifest.read_text())["bytes"])
             except (OSError, ValueError, KeyError, TypeError):
                 return None
+            with self._lock:
+                self._sizes[path] = size
         return path
 
     def total_bytes(self) -> int:
-        return sum(self._sizes.values())
+        """Bytes of the cached versions (downloads in progress not included)."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def download(
         self,
@@ -75,11 +99,27 @@ class VersionCache:
     ) -> Path:
         """Copy `files` (relative path -> listed size) of `remote_dir` to `dest` atomically.
 
-        Raises OSError (also `CacheFull`) for I/O problems and whatever `verify` raises (a
-        ValueError saying what is wrong); nothing is left behind on any failure.
+        Raises OSError (also `CacheFull`) for I/O problems, ValueError for a name that is not a
+        plain relative path, and whatever `verify` raises (a ValueError saying what is wrong);
+        nothing is left behind on any failure.
         """
+        for rel in files:
+            _check_relative(rel)
         needed = sum(files.values())
-        self._make_room(needed, evictable)
+        with self._lock:
+            self._make_room(needed, evictable)
+            self._reserved += needed
+        try:
+            return self._copy(fs, remote_dir, files, dest, verify)
+        finally:
+            with self._lock:
+                self._reserved -= needed
+
+    def _copy(
+        self, fs: Any, remote: str, files: dict[str, int], dest: Path, verify: Verify
+    ) -> Path:
+        """`download`'s copy, once its bytes are reserved under the cap."""
+        needed = sum(files.values())
         tmp_root = self.root / _TMP
         tmp_root.mkdir(parents=True, exist_ok=True)
         self._clean_stale(tmp_root)
@@ -88,12 +128,12 @@ class VersionCache:
             for rel, size in sorted(files.items()):
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{remote_dir}/{rel}", str(target))
+                fs.get_file(f"{remote}/{rel}", str(target))
                 got = target.stat().st_size
                 if got != size:  # the object changed (or was cut) after the listing
                     raise OSError(f"{rel}: downloaded {got} bytes, listing said {size}")
             verify(tmp)
-            manifest = {"bytes": needed, "files": files, "source": remote_dir, "at": time.time()}
+            manifest = {"bytes": needed, "files": files, "source": remote, "at": time.time()}
             (tmp / MANIFEST).write_text(json.dumps(manifest))
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():  # debris without a manifest (cached() said no)
@@ -102,13 +142,19 @@ class VersionCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._sizes[dest] = needed
+        with self._lock:
+            self._sizes[dest] = needed
         return dest
 
     def evict(self, path: Path) -> None:
         """Delete one cached version (its folder; the manifest first, so a crash mid-way
         leaves debris, never a version that looks complete)."""
-        self._sizes.pop(path, None)
+        with self._lock:
+            self._sizes.pop(path, None)
+        self._remove(path)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
         try:
             (path / MANIFEST).unlink(missing_ok=True)
         except OSError as exc:
@@ -118,16 +164,23 @@ class VersionCache:
         logger.info("cache: evicted %s", path)
 
     def _make_room(self, needed: int, evictable: Callable[[Path], bool]) -> None:
-        if self.max_bytes <= 0 or self.total_bytes() + needed <= self.max_bytes:
+        """Evict until `needed` more bytes fit beside the cached and in-flight ones (the lock
+        is held)."""
+
+        def used() -> int:
+            return sum(self._sizes.values()) + self._reserved
+
+        if self.max_bytes <= 0 or used() + needed <= self.max_bytes:
             return
         for path in sorted(self._sizes, key=lambda p: self._sizes[p], reverse=True):
             if evictable(path):
-                self.evict(path)
-                if self.total_bytes() + needed <= self.max_bytes:
+                self._sizes.pop(path, None)
+                self._remove(path)
+                if used() + needed <= self.max_bytes:
                     return
         raise CacheFull(
-            f"cache {self.root} holds {self.total_bytes()} bytes in use; {needed} more would pass"
-            f" the cap of {self.max_bytes}"
+            f"cache {self.root} holds {used()} bytes in use or on their way; {needed} more would"
+            f" pass the cap of {self.max_bytes}"
         )
 
     @staticmethod

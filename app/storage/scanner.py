@@ -206,6 +206,11 @@ class RemoteScanner:
             state.seen.pop(gone)
             state.found.discard(gone)
             state.rejected.pop(gone, None)
+        # What was learnt about versions no longer listed goes with them (a long-lived server
+        # sees versions come and go for months).
+        for stale in [k for k in state.shards if k[0] not in listing]:
+            del state.shards[stale]
+        state.logged = {k for k in state.logged if int(k.split(":")[0]) in listing}
         return complete, pending
 
     def _missing(

@@ -177,3 +177,43 @@ def test_version_policy_selects_what_is_downloaded(
         s3.upload(bias_models / str(v), bucket, f"m/{v}")
     result = _scan_until(_scanner(tmp_path), _config(bucket, policy), {1, 2})
     assert set(result.found) == {1, 2}
+
+
+def test_object_names_never_write_outside_the_download_folder(
+    s3: S3, bias_models: Path, tmp_path: Path
+) -> None:
+    """Object keys are not paths: `..` components or an empty one (an absolute name after the
+    version prefix) must not place a file anywhere but inside the version's download folder.
+    Such a version is rejected, not loaded, and is taken once the listing is clean."""
+    bucket = _bucket(s3)
+    s3.upload(bias_models / "1", bucket, "m/1")
+    outside = tmp_path / "abs-escape"
+    bad = ["m/1/../../../dots-escape", "m/1/variables/../../../../x-escape", f"m/1/{outside}"]
+    for key in bad:
+        s3.client.put_object(Bucket=bucket, Key=key, Body=b"not yours")
+    scanner, config = _scanner(tmp_path / "a" / "b"), _config(bucket)
+    results = [scanner.scan(config) for _ in range(3)]
+    assert all(not r.found for r in results)
+    assert "unsafe object name" in results[-1].pending[1]
+    assert sorted(p.name for p in tmp_path.rglob("*-escape")) == []
+    for key in bad:
+        s3.client.delete_object(Bucket=bucket, Key=key)
+    _scan_until(scanner, config, {1})
+
+
+def test_state_of_a_deleted_version_is_dropped(s3: S3, bias_models: Path, tmp_path: Path) -> None:
+    """A long-lived server sees versions come and go for months: what the scanner remembers
+    per version (listing, shard count, logged reasons) must go with the version."""
+    bucket = _bucket(s3)
+    s3.upload(bias_models / "1", bucket, "m/1")
+    scanner, config = _scanner(tmp_path), _config(bucket)
+    _scan_until(scanner, config, {1})
+    for version in range(2, 6):  # publish, then delete, one version after another
+        s3.upload(bias_models / "2", bucket, f"m/{version}")
+        _scan_until(scanner, config, {version})
+        s3.delete(bucket, f"m/{version}")
+        _scan_until(scanner, config, {1})
+    state = scanner._states[("m", config.base_path)]
+    assert set(state.seen) == {1}
+    assert {v for v, _tag in state.shards} == {1}
+    assert {key.split(":")[0] for key in state.logged} <= {"1"}
