@@ -364,6 +364,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await tg.start(registry.run)
             discovery = anyio.CancelScope()
             tg.start_soon(_discover, discovery, settings, registry, source, configs)
+            if gate is not None:  # a restarted worker accepts once it serves what the others do
+                await gate.caught_up(registry)
             if grpc is not None:
                 await tg.start(grpc.run)
             try:

@@ -17,13 +17,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
-from app.core.types import ServableId
+from app.core.types import ServableId, VersionState
+from app.errors import HotserveError
+
+if TYPE_CHECKING:
+    from app.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +43,17 @@ class WorkerGate:
     away the worker shuts itself down (SIGTERM to itself): it must not serve on alone.
     """
 
-    def __init__(self, sock: socket.socket, render: Callable[[], bytes] = bytes) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        render: Callable[[], bytes] = bytes,
+        catch_up: Mapping[str, int] | None = None,
+        catch_up_timeout: float = 600.0,
+    ) -> None:
         self._sock = sock
         self._render = render
+        self._catch_up = dict(catch_up or {})
+        self._catch_up_timeout = catch_up_timeout
         self._writer: asyncio.StreamWriter | None = None
         self._waiting: dict[tuple[str, int], asyncio.Future[bool]] = {}
         self._gathers: dict[int, asyncio.Future[bytes]] = {}
@@ -96,12 +108,48 @@ class WorkerGate:
 
     async def ready(self, sid: ServableId) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting[(sid.name, sid.version)] = future
+        key = (sid.name, sid.version)
+        self._waiting[key] = future
         self._send("ready", sid)
         logger.info(
             "model %s version %d: loaded here; waiting for every worker", sid.name, sid.version
         )
-        return await future
+        try:
+            return await future
+        finally:  # answered, or abandoned (superseded): a late answer finds nothing
+            if self._waiting.get(key) is future:
+                del self._waiting[key]
+
+    def catch_up(self, model: str) -> int | None:
+        return self._catch_up.get(model)
+
+    async def caught_up(self, registry: Registry) -> None:
+        """Return once every model serves its catch-up version or a newer one (or that version
+        ended, or --worker_swap_timeout_seconds passed): the lifespan awaits this before uvicorn
+        accepts on the shared socket, so a restarted worker never answers 404 for a model the
+        others serve. Polls the registry's routes (cheap, on the loop thread)."""
+        if not self._catch_up:
+            return
+        logger.info("worker: catching up with %s before accepting", self._catch_up)
+        with anyio.move_on_after(self._catch_up_timeout) as scope:
+            # The registry publishes routes without a change event to wait on: poll them.
+            while not all(self._serves(registry, m, v) for m, v in self._catch_up.items()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        if scope.cancelled_caught:
+            logger.error("worker: did not catch up within %.0fs; accepting", self._catch_up_timeout)
+
+    @staticmethod
+    def _serves(registry: Registry, model: str, version: int) -> bool:
+        route = registry.snapshot.models.get(model)
+        if route is not None and any(v >= version for v in route.versions):
+            return True
+        try:
+            return registry.status(model, version)[0].state is VersionState.END
+        except HotserveError:
+            return False
+
+    def withdrawn(self, sid: ServableId) -> None:
+        self._send("withdrawn", sid)
 
     def failed(self, sid: ServableId, reason: str) -> None:
         self._send("failed", sid, reason=reason)
@@ -129,6 +177,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--catch-up", default="{}", help="JSON {model: version} (a restart)")
     parser.add_argument("flags", nargs="*")
     ns = parser.parse_args(argv)
     settings = parse_args(ns.flags)
@@ -138,7 +187,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     app = build_app_or_fail(settings)
     if app is None:
         return 255
-    gate = app.state.publish_gate = WorkerGate(control, app.state.metrics.render)
+    gate = app.state.publish_gate = WorkerGate(
+        control,
+        app.state.metrics.render,
+        catch_up={str(m): int(v) for m, v in json.loads(ns.catch_up).items()},
+        catch_up_timeout=settings.worker_swap_timeout_seconds,
+    )
     app.state.metrics.gather = gate.gather
     logger.info("worker %d (pid %d) serving", ns.index, os.getpid())
     return run_server(app, settings, sockets=[listener])

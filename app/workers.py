@@ -7,20 +7,30 @@ bound by each worker with SO_REUSEPORT (grpcio's default).
 
 Swaps stay one-way across workers. Each worker discovers and loads versions itself; after a
 version is loaded and warmed up its `WorkerGate` reports `ready` and waits. The supervisor
-answers `go` to every worker once all of them are ready (so the new version becomes the default
-route everywhere within one message round), or `abort` to all when one reports it `failed` or
-the wait passes --worker_swap_timeout_seconds: a version some worker cannot load is served by
-none. Workers report `published` with their clock; the supervisor logs the skew between the first
-and the last worker. A worker that dies is restarted; versions already published are admitted
-at once when it loads them again.
+answers `go` to every waiting worker once each worker is ready or serves that version already
+(so the new default route appears everywhere within one message round), or `abort` when one
+reports it `failed` or the wait passes --worker_swap_timeout_seconds: a version some worker
+cannot load is served by none. This holds for rollbacks too: a version served before and loaded
+again (the newest deleted under `latest`) is gated like a new one, and each worker keeps serving
+the deleted version until `go`. A worker waiting in the gate gives the version up (`failed`, so
+no other worker waits for it) once it is superseded: no longer aspired, or a newer version due.
+A worker reports `failed` too when it stops retrying a version that left its aspired set.
 
-Control messages are JSON lines: worker -> supervisor `{"op": "ready"|"failed"|"published",
-"model", "version", "at"}`, supervisor -> worker `{"op": "go"|"abort", "model", "version"}`.
+Workers report `published` and `withdrawn`, so the supervisor knows what each serves, and
+`published` carries their clock: the supervisor logs the skew between the first and the last.
+A worker that dies is restarted with `--catch-up` {model: newest version every other worker
+serves}: it aspires that version besides its own scan's (even when the newest on disk is broken
+and retrying), its `ready` for a version every other worker serves gets `go` at once, and it
+accepts on the shared socket (and starts gRPC) only once it serves those versions (or they ended,
+or --worker_swap_timeout_seconds passed), so it never answers 404 for a model the others serve.
 
-Limits: a change of the default route back to a version admitted before is not gated: when the
-newest version is deleted, each worker rolls back at its own next scan (an older version still
-loaded under `all`/`specific`, or loaded again under `latest`, whose `ready` gets `go` at once as
-a published key, the rule meant for a restarted worker catching up). Each worker downloads
+Control messages are JSON lines: worker -> supervisor `{"op": "ready"|"failed"|"published"|
+"withdrawn", "model", "version", "at"}`, supervisor -> worker `{"op": "go"|"abort", "model",
+"version"}`.
+
+Limits: under `all`/`specific` a rollback whose older version is still loaded changes no load,
+only each worker's default route at its own next scan (not gated). A superseded version is given
+up in every worker, also under `all` (where it stays aspired). Each worker downloads
 object-store versions into its own cache folder (`<--model_cache_dir>/worker-<i>`).
 """
 
@@ -71,6 +81,7 @@ class _Pending:
     started: float
     ready: set[int] = field(default_factory=set)
     aborted: bool = False
+    admitted: bool = False
     published: dict[int, float] = field(default_factory=dict)
 
 
@@ -99,7 +110,9 @@ class Supervisor:
         self.listener = _bind(settings.host, settings.rest_api_port)
         self.workers: dict[int, _Worker] = {}
         self.pending: dict[tuple[str, int], _Pending] = {}
-        self.published: set[tuple[str, int]] = set()
+        # Per worker, the versions it serves: told `go` and reported `published`, until it
+        # reports `withdrawn` (or dies).
+        self.serving: dict[int, set[tuple[str, int]]] = {}
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.collecting: dict[int, _Collect] = {}
@@ -135,7 +148,7 @@ class Supervisor:
         logger.info("supervisor: %s, stopping the workers", signal.Signals(signum).name)
         self.stopping = True
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, catch_up: Mapping[str, int] | None = None) -> None:
         mine, theirs = socket.socketpair()
         cache = self.settings.model_cache_dir / f"worker-{index}"
         args = [
@@ -145,6 +158,7 @@ class Supervisor:
             f"--listen-fd={self.listener.fileno()}",
             f"--control-fd={theirs.fileno()}",
             f"--index={index}",
+            f"--catch-up={json.dumps(dict(catch_up or {}))}",
             "--",
             *self.flags,
             f"--model_cache_dir={cache}",
@@ -155,6 +169,7 @@ class Supervisor:
         mine.setblocking(False)
         worker = _Worker(index, proc, mine)
         self.workers[index] = worker
+        self.serving[index] = set()
         self.selector.register(mine, selectors.EVENT_READ, worker)
         logger.info("supervisor: worker %d started (pid %d)", index, proc.pid)
 
@@ -180,19 +195,26 @@ class Supervisor:
             self._metrics(worker, message)
             return
         key = (str(message["model"]), int(message["version"]))
-        if op == "ready" and key in self.published:
-            self._send(worker, "go", key)  # a restarted worker catching up
+        if op == "withdrawn":
+            self.serving[worker.index].discard(key)
             return
         if op == "published":
+            self.serving[worker.index].add(key)
             self._published(worker, key, float(message["at"]))
             return
+        others = [i for i in self.workers if i != worker.index]
+        if op == "ready" and others and all(key in self.serving[i] for i in others):
+            self._send(worker, "go", key)  # every other worker serves it: a restart catching up
+            return
+        # Anything else, a rollback to a version published before included, is gated: the
+        # workers switch together once each has it loaded (or serves it already).
         entry = self.pending.setdefault(key, _Pending(time.monotonic()))
         if op == "ready":
             entry.ready.add(worker.index)
             if entry.aborted:
                 self._send(worker, "abort", key)
-            elif entry.ready >= set(self.workers):
-                self._admit(key, entry)
+            else:
+                self._admit_if_all(key, entry)
         elif op == "failed":
             logger.error(
                 "model %s version %d: worker %d could not load it (%s); no worker serves it",
@@ -207,7 +229,7 @@ class Supervisor:
         if entry is None:  # a restarted worker caught up: nothing to measure
             return
         entry.published[worker.index] = at
-        if len(entry.published) == len(self.workers):
+        if entry.ready and set(entry.published) >= entry.ready:  # every worker told `go`
             times = entry.published.values()
             logger.info(
                 "model %s version %d: the default in all %d workers; skew %.2f ms"
@@ -247,10 +269,15 @@ class Supervisor:
                         requester, {"op": "collected", "id": collect.request, "text": merged}
                     )
 
+    def _admit_if_all(self, key: tuple[str, int], entry: _Pending) -> None:
+        have = entry.ready | {i for i, keys in self.serving.items() if key in keys}
+        if have >= set(self.workers):
+            self._admit(key, entry)
+
     def _admit(self, key: tuple[str, int], entry: _Pending) -> None:
-        self.published.add(key)
-        for worker in self.workers.values():
-            self._send(worker, "go", key)
+        entry.admitted = True
+        for index in entry.ready:
+            self._send(self.workers[index], "go", key)
         logger.info(
             "model %s version %d: loaded by all %d workers after %.2fs; publishing",
             *key,
@@ -271,7 +298,7 @@ class Supervisor:
                 del self.pending[key]  # forget, so a re-published version is tried afresh
             elif (
                 not entry.aborted
-                and key not in self.published
+                and not entry.admitted
                 and age > self.settings.worker_swap_timeout_seconds
             ):
                 logger.error(
@@ -292,8 +319,24 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(worker.control)
             worker.control.close()
+            catch_up = self._catch_up(index)
+            del self.serving[index]
+            for entry in self.pending.values():
+                entry.ready.discard(index)
+                entry.published.pop(index, None)
             time.sleep(_RESTART_DELAY_SECONDS)
-            self._start(index)
+            self._start(index, catch_up)
+            logger.info("supervisor: worker %d catches up with %s", index, catch_up)
+
+    def _catch_up(self, index: int) -> dict[str, int]:
+        """Per model, the newest version every other worker serves (the dead worker's own,
+        when it was the only one): what its replacement must serve before it accepts."""
+        others = [keys for i, keys in self.serving.items() if i != index]
+        common = set.intersection(*others) if others else set(self.serving.get(index, set()))
+        catch_up: dict[str, int] = {}
+        for model, version in common:
+            catch_up[model] = max(version, catch_up.get(model, version))
+        return catch_up
 
     def _send(self, worker: _Worker, op: str, key: tuple[str, int]) -> None:
         self._write(worker, {"op": op, "model": key[0], "version": key[1]})

@@ -118,6 +118,7 @@ class ModelState:
         self._observe = observe
         self._labels: dict[str, int] = {}
         self._wake = anyio.Event()
+        self._changed = anyio.Event()  # like _wake, for a version waiting in the publish gate
         self._stopped = anyio.Event()
 
     # ---- inputs ------------------------------------------------------------------------
@@ -139,11 +140,24 @@ class ModelState:
                 log.info("model %s version %d: changed on disk; loading it again", self.name, v)
                 del self._attempts[v]
         self._scanned = result.aspired
-        aspired = self.overrides.aspired(result.aspired)
+        aspired = self.overrides.aspired(result.aspired) | self._catching_up()
         if self._aspired != aspired:
             log.info("model %s: aspired versions %s", self.name, sorted(aspired))
         self._aspired = aspired
+        self._poke()
+
+    def _poke(self) -> None:
         self._wake.set()
+        self._changed.set()
+
+    def _catching_up(self) -> frozenset[int]:
+        """With --workers, a restarted worker also aspires the version the other workers serve
+        (`PublishGate.catch_up`) until it loaded that one or a newer one."""
+        gate = self._options.publish_gate
+        version = gate.catch_up(self.name) if gate is not None else None
+        if version is None or any(v >= version for v in self.loaded):
+            return frozenset()
+        return frozenset({version})
 
     @property
     def on_disk(self) -> frozenset[int]:
@@ -155,21 +169,21 @@ class ModelState:
         aspired set as a scan result would; kept across later scans until replaced."""
         self.overrides = overrides
         if self._scanned is not None and self.active:
-            self._aspired = overrides.aspired(self._scanned)
+            self._aspired = overrides.aspired(self._scanned) | self._catching_up()
         self._publish()
-        self._wake.set()
+        self._poke()
 
     def update_config(self, config: ModelConfig) -> None:
         """Labels apply now; a changed version policy applies at the next scan."""
         self.config = config
         self._publish()
-        self._wake.set()
+        self._poke()
 
     def retire(self) -> None:
         """Removed from the configuration: unload everything; statuses stay (as END)."""
         self.active = False
         self._aspired = frozenset()
-        self._wake.set()
+        self._poke()
 
     @property
     def name(self) -> str:
@@ -277,13 +291,17 @@ class ModelState:
                 return  # newer input arrived during the load: run() reconciles again at once
         await self._unload_unaspired(self._aspired or frozenset())
 
-    def _cancel_unaspired(self, aspired: frozenset[int]) -> None:
-        """Stop retrying versions that left the aspired set (a later re-publish starts over)."""
+    def _cancel_unaspired(self, aspired: frozenset[int], *, tell: bool = True) -> None:
+        """Stop retrying versions that left the aspired set (a later re-publish starts over).
+        With --workers the supervisor hears of it (`tell`), so no other worker waits for it."""
+        gate = self._options.publish_gate
         for v in [v for v in self._attempts if v not in aspired]:
             a = self._attempts.pop(v)
             if not a.gave_up:
                 log.info("model %s version %d: no longer aspired; retries cancelled", self.name, v)
                 self._set(v, VersionState.END, a.code, f"{a.message} (retries cancelled)")
+                if gate is not None and tell:
+                    gate.failed(ServableId(self.name, v), "no longer aspired by a worker")
 
     def _next_due(self) -> int | None:
         """The highest aspired version that should load now, if any."""
@@ -392,15 +410,54 @@ class ModelState:
 
     async def _admitted(self, mv: ModelVersion, a: _Attempts) -> bool:
         """With --workers, a version is routable only once every worker loaded it; one that
-        some worker could not load is served by none (it ends here, not retried)."""
+        some worker could not load is served by none (it ends here, not retried).
+
+        The wait ends early when the version is superseded (no longer aspired, or a newer
+        aspired version is due to load): the supervisor hears `failed`, so no worker waits for
+        it any more, and this reconciler goes on to the newer version at once."""
         gate = self._options.publish_gate
-        if gate is None or await gate.ready(mv.id):
+        if gate is None:
             return True
+        admitted: bool | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def wait_gate() -> None:
+                nonlocal admitted
+                admitted = await gate.ready(mv.id)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait_gate)
+            while not self._superseded(mv.id.version):
+                await self._changed.wait()
+                self._changed = anyio.Event()
+            tg.cancel_scope.cancel()
+        if admitted:
+            return True
+        if admitted is None:
+            gate.failed(mv.id, "superseded while waiting for the other workers")
+            await self._work.release(mv, drained=True)
+            if self.active and mv.id.version in (self._aspired or ()):
+                a.code, a.message, a.gave_up = "ABORTED", "superseded by a newer version", True
+                self._set(mv.id.version, VersionState.END, a.code, a.message)
+            else:
+                self._attempts.pop(mv.id.version, None)
+                self._set(mv.id.version, VersionState.END)
+            log.info("model %s version %d: superseded while waiting", self.name, mv.id.version)
+            return False
         a.code, a.message, a.gave_up = "ABORTED", "not loaded by every worker; served by none", True
         log.error("model %s version %d: END, %s", mv.id.name, mv.id.version, a.message)
         await self._work.release(mv, drained=True)
         self._set(mv.id.version, VersionState.END, a.code, a.message)
         return False
+
+    def _superseded(self, version: int) -> bool:
+        """`version` (loaded, waiting in the publish gate) should give way: no longer aspired,
+        or a newer aspired version is due to load."""
+        aspired = self._aspired or frozenset()
+        if not self.active or version not in aspired:
+            return True
+        due = self._next_due()
+        return due is not None and due > version
 
     def _replaces(self, version: int) -> ModelVersion | None:
         """The serving version `version` would take the default route from, if any. Versions
@@ -436,6 +493,8 @@ class ModelState:
         self._unloading.add(mv)
         self._set(version, VersionState.UNLOADING)
         self._publish()
+        if self._options.publish_gate is not None:
+            self._options.publish_gate.withdrawn(mv.id)
         log.info("model %s version %d: UNLOADING (%d in flight)", mv.id.name, version, mv.refcount)
         return mv
 
@@ -473,7 +532,7 @@ class ModelState:
         run() cut short (releasing twice is safe: runners and servables close idempotently)."""
         self.active = False
         self._aspired = frozenset()
-        self._cancel_unaspired(frozenset())
+        self._cancel_unaspired(frozenset(), tell=False)
         for v in sorted(self.loaded):
             self._begin_unload(v)
         for mv in sorted(self._unloading, key=lambda m: m.id.version):

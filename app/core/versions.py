@@ -71,6 +71,17 @@ class PublishGate(Protocol):
         """`sid` is routable in this worker now."""
         ...
 
+    def withdrawn(self, sid: ServableId) -> None:
+        """`sid` left this worker's routes (it drains and unloads now)."""
+        ...
+
+    def catch_up(self, model: str) -> int | None:
+        """The version every other worker serves for `model`, when this worker was started to
+        replace one that died: aspired here (besides the source's) until a newer one is
+        loaded, so a restarted worker serves what the others do even when the newest version
+        on disk cannot load. None: nothing to catch up with."""
+        ...
+
 
 @dataclass(frozen=True)
 class LoadOptions:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from app.core.types import ServableId, VersionState
@@ -25,10 +26,12 @@ XS = [1.0, 2.0]
 
 
 class RecordingGate:
-    """A PublishGate that admits the versions in `admit` and records every call."""
+    """A PublishGate that admits the versions in `admit`, never answers for those in `hold`
+    (another worker still retrying them), refuses the rest, and records every call."""
 
-    def __init__(self, admit: set[int]) -> None:
+    def __init__(self, admit: set[int], hold: frozenset[int] = frozenset()) -> None:
         self.admit = admit
+        self.hold = hold
         self.calls: list[tuple[str, int]] = []
 
     async def run(
@@ -39,6 +42,8 @@ class RecordingGate:
 
     async def ready(self, sid: ServableId) -> bool:
         self.calls.append(("ready", sid.version))
+        if sid.version in self.hold:
+            await anyio.sleep_forever()
         return sid.version in self.admit
 
     def failed(self, sid: ServableId, reason: str) -> None:
@@ -46,6 +51,15 @@ class RecordingGate:
 
     def published(self, sid: ServableId) -> None:
         self.calls.append(("published", sid.version))
+
+    def withdrawn(self, sid: ServableId) -> None:
+        self.calls.append(("withdrawn", sid.version))
+
+    def catch_up(self, model: str) -> int | None:
+        return None
+
+    async def caught_up(self, registry: object) -> None:
+        return None
 
 
 @asynccontextmanager
@@ -99,6 +113,59 @@ async def test_a_version_the_gate_refuses_is_never_routed(
         publish(broken, base, 3)
         await _until(lambda: ("failed", 3) in gate.calls)
         assert ("published", 2) not in gate.calls and await _predict(app) == 1
+
+
+async def test_a_version_waiting_in_the_gate_gives_way_to_a_newer_one(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    """Issue 10 review, C: version 2 waits for a worker that will never be ready (it retries
+    there); version 3, the fix, must not wait behind it, and the others hear that 2 is given up."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    settings = Settings(model_name="m", model_base_path=str(base), version_settle_seconds=0.1)
+    gate = RecordingGate(admit={1, 3}, hold=frozenset({2}))
+    async with gated_app(settings, gate) as app:
+        registry = app.state.registry
+        await _until(registry.is_ready)
+        publish(bias_versions / "2", base, 2)
+        await _until(lambda: ("ready", 2) in gate.calls)
+        publish(bias_versions / "3", base, 3)
+        await _until(lambda: ("published", 3) in gate.calls)
+        assert await _predict(app) == 3
+        assert ("failed", 2) in gate.calls and ("published", 2) not in gate.calls
+        assert registry.status("m", 2)[0].state is VersionState.END
+        await _until(lambda: ("withdrawn", 1) in gate.calls)
+
+
+async def test_a_retrying_version_that_is_no_longer_aspired_is_reported_failed(
+    tmp_path: Path, bias_versions: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10 review, C: a worker that stops retrying a version (a newer one replaced it)
+    tells the supervisor, so no other worker waits --worker_swap_timeout_seconds for it."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    settings = Settings(
+        model_name="m",
+        model_base_path=str(base),
+        version_settle_seconds=0.1,
+        max_num_load_retries=5,
+        load_retry_interval_micros=600_000_000,
+    )
+    gate = RecordingGate(admit={1, 3})
+    async with gated_app(settings, gate) as app:
+        registry = app.state.registry
+        await _until(registry.is_ready)
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a graph")
+        publish(broken, base, 2)
+        await _until(lambda: "version 2: load attempt 1/6 failed" in caplog.text)
+        publish(bias_versions / "3", base, 3)
+        await _until(lambda: ("published", 3) in gate.calls)
+        await _until(lambda: ("failed", 2) in gate.calls)
+        assert await _predict(app) == 3
 
 
 def test_metrics_are_summed_across_workers_and_gauges_kept_per_worker() -> None:
