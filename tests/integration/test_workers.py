@@ -3,7 +3,9 @@ merged metrics, and N real worker processes on one port swapping one way togethe
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -254,3 +256,54 @@ async def test_two_workers_share_the_port_and_swap_one_way(
         # Metrics cover both workers: the request counter sums every answered request.
         metrics = httpx.get(srv.url + "/metrics").text
         assert 'worker="0"' in metrics and 'worker="1"' in metrics
+
+
+def _worker_pid(log: str, index: int) -> int:
+    return int(re.findall(rf"worker {index} \(pid (\d+)\) serving", log)[-1])
+
+
+async def test_a_restarted_worker_serves_the_published_version_before_accepting(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    """Issue 10 review, B: with version 2 serving and a broken version 3 retrying, a worker
+    killed with -9 comes back serving version 2 (not only aspiring 3) and takes no connection
+    before it does: no client ever gets a 404."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "2", base, 2)
+    args = ["--model_name=m", f"--model_base_path={base}", "--workers=2"]
+    env = {
+        "HOTSERVE_VERSION_SETTLE_SECONDS": "0.2",
+        "HOTSERVE_MODEL_CACHE_DIR": str(tmp_path / "c"),
+        "HOTSERVE_LOAD_RETRY_INTERVAL_MICROS": "600000000",
+    }
+    with ServerProcess(args, env=env) as srv:
+        srv.start(tmp_path / "server.log", ready_timeout=180)
+        await _until(lambda: srv.log().count("version 2: AVAILABLE") == 2)
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a graph")
+        publish(broken, base, 3)
+        await _until(lambda: srv.log().count("version 3: load attempt 1/6 failed") == 2)
+        os.kill(_worker_pid(srv.log(), 1), signal.SIGKILL)
+        await _until(lambda: "worker 1 exited with" in srv.log())
+        load = NewConnectionClients(srv.url + "/v1/models/m:predict", 4)
+        async with anyio.create_task_group() as tg:
+            for timeline in load.timelines:
+                tg.start_soon(load.client, timeline)
+            try:
+                # Before the fix the new worker answered 404 at once and never loaded version 2.
+                await _until(
+                    lambda: load.failures or srv.log().count("version 2: AVAILABLE") == 3,
+                    timeout=90,
+                )
+                served = sum(map(len, load.timelines))
+                await _until(
+                    lambda: load.failures or sum(map(len, load.timelines)) > served + 200,
+                    timeout=20,
+                )
+            finally:
+                load.stop = True
+        assert load.failures == []
+        assert {v for timeline in load.timelines for _, v in timeline} == {2}
+        assert "worker 1 catches up with {'m': 2}" in srv.log()
