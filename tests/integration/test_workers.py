@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -307,3 +308,48 @@ async def test_a_restarted_worker_serves_the_published_version_before_accepting(
         assert load.failures == []
         assert {v for timeline in load.timelines for _, v in timeline} == {2}
         assert "worker 1 catches up with {'m': 2}" in srv.log()
+
+
+async def test_a_rollback_switches_every_worker_together(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    """Issue 10 review, A: deleting the newest version reloads the previous one (`latest`) in
+    each worker at its own scan; it is gated like a new version, so once the last worker
+    switched back nobody is sent to the deleted version again (before: 2,1,2,1 for a scan)."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    args = [
+        "--model_name=m",
+        f"--model_base_path={base}",
+        "--workers=2",
+        "--file_system_poll_wait_seconds=2",
+        "--watch_file_events=false",
+    ]
+    env = {
+        "HOTSERVE_VERSION_SETTLE_SECONDS": "0.2",
+        "HOTSERVE_MODEL_CACHE_DIR": str(tmp_path / "c"),
+    }
+    with ServerProcess(args, env=env) as srv:
+        srv.start(tmp_path / "server.log", ready_timeout=180)
+        publish(bias_versions / "2", base, 2)
+        await _until(lambda: srv.log().count("version 1: END (drain+unload") == 2)
+        load = NewConnectionClients(srv.url + "/v1/models/m:predict", 6)
+        async with anyio.create_task_group() as tg:
+            for timeline in load.timelines:
+                tg.start_soon(load.client, timeline)
+            try:
+                await _until(lambda: sum(map(len, load.timelines)) > 50)
+                shutil.rmtree(base / "2")
+                await _until(lambda: srv.log().count("version 1: AVAILABLE") == 4)
+                await anyio.sleep(1.0)
+            finally:
+                load.stop = True
+        assert load.failures == []
+        rollbacks = [m for m in _SKEW.finditer(srv.log()) if m.group(1) == "1"]
+        assert len(rollbacks) == 2, "the rollback to version 1 was not gated"
+        last_published = float(rollbacks[-1].group(5))
+        for timeline in load.timelines:
+            versions = [v for _, v in timeline]
+            assert versions[-1] == 1
+            assert not any(v == 2 and sent > last_published for sent, v in timeline), timeline
