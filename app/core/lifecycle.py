@@ -119,6 +119,7 @@ class ModelState:
         self._labels: dict[str, int] = {}
         self._wake = anyio.Event()
         self._changed = anyio.Event()  # like _wake, for a version waiting in the publish gate
+        self._caught_up = False  # another version than the gate's catch-up one was published
         self._stopped = anyio.Event()
 
     # ---- inputs ------------------------------------------------------------------------
@@ -152,10 +153,11 @@ class ModelState:
 
     def _catching_up(self) -> frozenset[int]:
         """With --workers, a restarted worker also aspires the version the other workers serve
-        (`PublishGate.catch_up`) until it loaded that one or a newer one."""
+        (`PublishGate.catch_up`) until the workers publish another one (which they all serve
+        then: a newer one, or an older one after a rollback)."""
         gate = self._options.publish_gate
         version = gate.catch_up(self.name) if gate is not None else None
-        if version is None or any(v >= version for v in self.loaded):
+        if version is None or self._caught_up:
             return frozenset()
         return frozenset({version})
 
@@ -367,6 +369,19 @@ class ModelState:
             return
         self._attempts.pop(version, None)
         self._inherit_used(mv)
+        gate = self._options.publish_gate
+        if (
+            gate is not None
+            and not self._caught_up
+            and gate.catch_up(self.name)
+            not in (
+                None,
+                version,
+            )
+        ):
+            self._caught_up = True  # the catch-up version is no longer aspired for its own sake
+            if self._scanned is not None:
+                self._aspired = self.overrides.aspired(self._scanned)
         self.loaded[version] = mv
         self._publish()
         if self._options.publish_gate is not None:

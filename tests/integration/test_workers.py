@@ -32,9 +32,12 @@ class RecordingGate:
     """A PublishGate that admits the versions in `admit`, never answers for those in `hold`
     (another worker still retrying them), refuses the rest, and records every call."""
 
-    def __init__(self, admit: set[int], hold: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, admit: set[int], hold: frozenset[int] = frozenset(), catch: int | None = None
+    ) -> None:
         self.admit = admit
         self.hold = hold
+        self.catch = catch
         self.calls: list[tuple[str, int]] = []
 
     async def run(
@@ -59,7 +62,7 @@ class RecordingGate:
         self.calls.append(("withdrawn", sid.version))
 
     def catch_up(self, model: str) -> int | None:
-        return None
+        return self.catch
 
     async def caught_up(self, registry: object) -> None:
         return None
@@ -169,6 +172,40 @@ async def test_a_retrying_version_that_is_no_longer_aspired_is_reported_failed(
         await _until(lambda: ("published", 3) in gate.calls)
         await _until(lambda: ("failed", 2) in gate.calls)
         assert await _predict(app) == 3
+
+
+async def test_a_restarted_worker_serves_its_catch_up_version_until_another_is_published(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    """Issue 10 review, B, in process: the catch-up version (what the other workers serve) is
+    loaded and kept although the source aspires only a newer, broken one; it goes once the
+    workers publish another version."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(bias_versions / "1", base, 1)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a graph")
+    publish(broken, base, 2)
+    settings = Settings(
+        model_name="m",
+        model_base_path=str(base),
+        version_settle_seconds=0.1,
+        file_system_poll_wait_seconds=1,
+        load_policy="resource_preserving",
+        load_retry_interval_micros=600_000_000,
+    )
+    gate = RecordingGate(admit={1, 3}, catch=1)
+    async with gated_app(settings, gate) as app:
+        registry = app.state.registry
+        await _until(lambda: ("published", 1) in gate.calls)
+        assert await _predict(app) == 1
+        await _until(lambda: registry.status("m", 2)[0].state is VersionState.LOADING)
+        publish(bias_versions / "3", base, 3)
+        await _until(lambda: ("published", 3) in gate.calls)
+        await _until(lambda: ("withdrawn", 1) in gate.calls)
+        assert await _predict(app) == 3
+        assert gate.calls.index(("withdrawn", 1)) > gate.calls.index(("published", 3))
 
 
 def test_metrics_are_summed_across_workers_and_gauges_kept_per_worker() -> None:
