@@ -15,6 +15,7 @@ Pure functions over protobuf messages; any thread may call them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ _CODECS: dict[int, tuple[np.dtype[Any], str]] = {
 }
 _ENUMS: dict[np.dtype[Any], int] = {dt: enum for enum, (dt, _) in _CODECS.items()}
 _ENUMS[np.dtype(np.float16)] = types_pb2.DT_HALF
+_INT64_MAX = 2**63 - 1
 _KNOWN = frozenset(v.number for v in types_pb2.DataType.DESCRIPTOR.values)
 
 
@@ -62,7 +64,11 @@ def to_numpy(alias: str, proto: Any) -> Array:
     if shape_proto.unknown_rank or any(d.size < 0 for d in shape_proto.dim):
         raise InvalidArgument(f"tensor parsing error: {alias}")
     shape = tuple(d.size for d in shape_proto.dim)
-    count = int(np.prod(shape, dtype=np.int64))
+    # Python ints: np.prod in int64 wraps (2^62 * 4 == 0). TF's TensorShape refuses a shape
+    # whose element count overflows int64 (tensor_shape.cc, MultiplyWithoutOverflow).
+    count = math.prod(shape)
+    if count > _INT64_MAX:
+        raise InvalidArgument(f"tensor parsing error: {alias}")
     if proto.tensor_content and dtype.kind != "O":
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise InvalidArgument(f"tensor parsing error: {alias}")

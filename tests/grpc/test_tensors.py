@@ -85,3 +85,19 @@ def test_inconsistent_protos_are_tensor_parsing_errors(proto: tensor_pb2.TensorP
 def test_unsupported_dtype() -> None:
     with pytest.raises(Unimplemented):
         to_numpy("q", tensor_pb2.TensorProto(dtype=types_pb2.DT_QINT8))
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [[2**40, 2**40], [2**62, 4], [2**63 - 1, 2]],
+    ids=["2^80", "2^64-wraps-to-0", "past-int64"],
+)
+def test_shapes_past_int64_are_tensor_parsing_errors(dims: list[int]) -> None:
+    """TF's TensorShape rejects a shape whose element count overflows int64; the count must
+    not wrap around (2^62 * 4 is 0 in int64) into an allocation or a numpy error."""
+    for values in ([], [1.0]):
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+        for size in dims:
+            proto.tensor_shape.dim.add().size = size
+        with pytest.raises(InvalidArgument, match=r"^tensor parsing error: x$"):
+            to_numpy("x", proto)
