@@ -46,6 +46,10 @@ _CODECS: dict[int, tuple[np.dtype[Any], str]] = {
 _ENUMS: dict[np.dtype[Any], int] = {dt: enum for enum, (dt, _) in _CODECS.items()}
 _ENUMS[np.dtype(np.float16)] = types_pb2.DT_HALF
 _INT64_MAX = 2**63 - 1
+# No tensor decodes to more bytes than the largest message hotserve accepts (gRPC's receive
+# limit, lifted to 2^31-1 as TF Serving does): short forms may not expand past what could be
+# sent explicitly. (Strings count their 8-byte object pointers.)
+MAX_TENSOR_BYTES = 2**31 - 1
 _KNOWN = frozenset(v.number for v in types_pb2.DataType.DESCRIPTOR.values)
 
 
@@ -69,6 +73,13 @@ def to_numpy(alias: str, proto: Any) -> Array:
     count = math.prod(shape)
     if count > _INT64_MAX:
         raise InvalidArgument(f"tensor parsing error: {alias}")
+    if count * dtype.itemsize > MAX_TENSOR_BYTES:
+        # TF would allocate whatever the shape claims; a few bytes of short form could then
+        # cost gigabytes here (and many more as Python objects when encoding the answer).
+        raise InvalidArgument(
+            f"tensor parsing error: {alias}: {count} {dtype.name} elements exceed the 2 GiB "
+            "a gRPC message can carry"
+        )
     if proto.tensor_content and dtype.kind != "O":
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise InvalidArgument(f"tensor parsing error: {alias}")

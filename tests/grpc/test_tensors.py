@@ -101,3 +101,29 @@ def test_shapes_past_int64_are_tensor_parsing_errors(dims: list[int]) -> None:
             proto.tensor_shape.dim.add().size = size
         with pytest.raises(InvalidArgument, match=r"^tensor parsing error: x$"):
             to_numpy("x", proto)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "dims"),
+    [
+        (types_pb2.DT_FLOAT, [10**9]),
+        (types_pb2.DT_FLOAT, [2**31, 2**31]),
+        (types_pb2.DT_STRING, [2**28 + 1]),
+        (types_pb2.DT_DOUBLE, [2**40]),
+    ],
+    ids=["1e9-float", "2^62-float", "2^28-strings", "2^40-double"],
+)
+def test_short_forms_cannot_expand_past_a_message(dtype: int, dims: list[int]) -> None:
+    """A 40-byte proto whose shape claims 10^9 elements must not allocate gigabytes (or hit
+    numpy's "array is too big" as an INTERNAL): no tensor decodes to more than the 2 GiB a
+    gRPC message may carry."""
+    for values in ({}, {"string_val": [b"a"]} if dtype == types_pb2.DT_STRING else {}):
+        proto = tensor_pb2.TensorProto(dtype=dtype, **values)
+        for size in dims:
+            proto.tensor_shape.dim.add().size = size
+        with pytest.raises(InvalidArgument, match=r"^tensor parsing error: x: .* 2 GiB"):
+            to_numpy("x", proto)
+    one = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    one.tensor_shape.dim.add().size = 10**9
+    with pytest.raises(InvalidArgument, match=r"2 GiB"):
+        to_numpy("x", one)
