@@ -36,6 +36,7 @@ from app.errors import HotserveError, Internal, InvalidArgument
 from app.grpc import metadata as meta
 from app.grpc import tensors
 from app.grpc.errors import grpc_message, grpc_status
+from app.serving import checks
 from app.serving.service import Serving
 from app.serving.types import Classification, ModelRef, Task
 
@@ -168,6 +169,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             with serving.pin(ref) as mv:
                 sig = serving.signature(mv, request.model_spec.signature_name, "predict")
                 inputs = {a: tensors.to_numpy(a, t) for a, t in request.inputs.items()}
+                checks.predict_inputs(sig, inputs)  # TF's order: the aliases, then the dtypes
+                checks.fed_dtypes(sig, inputs)
                 outputs = await serving.predict(
                     mv, sig, inputs, deadline_of(context), list(request.output_filter)
                 )

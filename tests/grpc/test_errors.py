@@ -251,3 +251,16 @@ def test_full_queue_is_unavailable(slow: Any) -> None:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 assert "queue to which this task was submitted is full" in exc.details()
     assert grpc.StatusCode.OK in codes and grpc.StatusCode.UNAVAILABLE in codes, codes
+
+
+def test_an_input_of_another_dtype_is_refused_as_tensorflow_refuses_it(demo: GrpcServer) -> None:
+    """TF Serving feeds the request's tensor as sent; TensorFlow's call frame refuses a dtype
+    other than the placeholder's: INVALID_ARGUMENT "Expects arg[0] to be float but double is
+    provided" (a float64 numpy array through tf.make_tensor_proto is the common case).
+    hotserve must not cast it silently (REST casts: JSON numbers carry no dtype)."""
+    p = demo.predict.Predict
+    for sent, name in ((np.array([1.0]), "double"), (np.array([1, 2], np.int32), "int32")):
+        assert code_of(lambda sent=sent: p(predict(x=sent), timeout=10)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Expects arg[0] to be float but {name} is provided",
+        )
