@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,3 +129,12 @@ def test_short_forms_cannot_expand_past_a_message(dtype: int, dims: list[int]) -
     one.tensor_shape.dim.add().size = 10**9
     with pytest.raises(InvalidArgument, match=r"2 GiB"):
         to_numpy("x", one)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.complex64, np.int64])
+def test_outputs_longer_than_one_encode_slice(dtype: Any) -> None:
+    """from_numpy writes big outputs in slices; every value lands once, in order."""
+    arr = (np.arange(3 * 64 * 1024 + 5) % 1000).astype(dtype).reshape(-1, 1)
+    proto = tensor_pb2.TensorProto()
+    from_numpy(arr, proto)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), arr)
