@@ -33,6 +33,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import http_status
@@ -86,7 +87,7 @@ class AdminAuth:
         self._digest = hashlib.sha256(token.encode()).digest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guarded = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        guarded = scope["type"] == "http" and _admin_path(scope)
         if guarded and not self._authorized(scope):
             log.warning(
                 "admin: refused %s %s from %s (missing or wrong token)",
@@ -107,6 +108,15 @@ class AdminAuth:
             return False
         offered = hashlib.sha256(credentials.strip()).digest()
         return hmac.compare_digest(offered, self._digest)
+
+
+def _admin_path(scope: Scope) -> bool:
+    """Whether the router may route this request to an admin route. The router matches the
+    path without the ASGI `root_path` (`uvicorn --root-path /api` makes `/admin/v1/status`
+    arrive as `/api/admin/v1/status`), so the guard looks at that path too, with Starlette's
+    own function, or a root path would open the admin API to anyone."""
+    prefix = "/admin/"
+    return scope["path"].startswith(prefix) or get_route_path(scope).startswith(prefix)
 
 
 async def _send_401(send: Send) -> None:

@@ -102,6 +102,23 @@ async def test_two_authorization_headers_are_refused(
     assert r.status_code == 401
 
 
+async def test_a_root_path_does_not_open_the_admin_api(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """Behind `uvicorn --root-path /api` a request for /admin/v1/... arrives with the root path
+    in front; the router strips it, so the guard must too."""
+    app, _, _ = served
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://hotserve") as client:
+        r = await client.get("/api/admin/v1/status")
+        assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+        r = await client.post("/api/admin/v1/models/m/versions/2/unload?force=true")
+        assert r.status_code == 401
+        r = await client.get("/api/admin/v1/status", headers=AUTH)
+        assert r.status_code == 200 and r.json()["models"][0]["name"] == "m"
+    assert app.state.registry.snapshot.models["m"].latest.id.version == 2  # nothing changed
+
+
 async def test_admin_api_is_off_without_a_token(version_library: Path, tmp_path: Path) -> None:
     base = tmp_path / "m"
     base.mkdir()
