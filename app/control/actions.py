@@ -72,18 +72,19 @@ class AdminActions:
         if current.pin == version:
             raise FailedPrecondition(f"Version {version} of model {name} is pinned; unpin it first")
         route = reg.snapshot.models.get(name)
-        serving = set(route.versions) if route is not None else set()
-        if serving == {version} and not force:
-            raise FailedPrecondition(
-                f"Version {version} is the last version serving model {name}; "
-                "unloading it needs force=true"
-            )
-        if version not in serving and version not in reg.on_disk(name):
+        routed = set(route.versions) if route is not None else set()
+        if version not in routed and version not in reg.on_disk(name):
             raise NotFound(f"Could not find version {version} of model {name}")
-        reg.override(
-            name,
-            replace(current, hold=current.hold - {version}, exclude=current.exclude | {version}),
-        )
+        after = replace(current, hold=current.hold - {version}, exclude=current.exclude | {version})
+        # Judged by what the reconciler will do, not by the routes now: a version already being
+        # unloaded still routes for a moment, and excluding the only version the source aspires
+        # (one still loading, or failed) unloads the versions serving meanwhile too.
+        if not force and reg.keeps_serving(name, current) and not reg.keeps_serving(name, after):
+            raise FailedPrecondition(
+                f"Unloading version {version} would leave no version serving model {name}; "
+                "it needs force=true (or load or pin the version to keep first)"
+            )
+        reg.override(name, after)
 
     async def pin(self, name: str, version: int, wait: float = DEFAULT_WAIT_SECONDS) -> str:
         """Send requests without a version or label to `version` until unpinned. The version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -283,6 +284,57 @@ async def test_unloading_the_last_serving_version_needs_force(
     assert r.status_code == 404
     r = await client.post("/admin/v1/models/m/versions/2/load", headers=AUTH)
     assert r.status_code == 200 and await _served_version(client) == 2
+
+
+async def test_unloading_every_version_at_once_still_needs_force(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """A version being unloaded (UNLOADING, or excluded but not yet taken out of the routes)
+    does not count as serving: two unloads sent together cannot empty the model without
+    force."""
+    app, client, _ = served
+    r = await client.post("/admin/v1/models/m/versions/1/load", headers=AUTH)
+    assert r.status_code == 200
+    for _ in range(3):
+        answers = await asyncio.gather(
+            client.post("/admin/v1/models/m/versions/1/unload", headers=AUTH),
+            client.post("/admin/v1/models/m/versions/2/unload", headers=AUTH),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
+        assert "force" in next(a for a in answers if a.status_code == 400).json()["error"]
+        assert app.state.registry.snapshot.models["m"].versions  # something still serves
+        assert await _served_version(client) in (1, 2)
+        for v in (1, 2):  # serve both again for the next round
+            r = await client.post(f"/admin/v1/models/m/versions/{v}/load", headers=AUTH)
+            assert r.status_code == 200, r.text
+
+
+async def test_unloading_a_failed_newer_version_does_not_take_the_serving_one_down(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """Policy latest: a broken version 3 is the only aspired version, 2 serves meanwhile.
+    Excluding 3 would empty the aspired set and unload 2 as well, so it needs force; holding 2
+    first (admin load) makes it safe."""
+    app, client, base = served
+    broken(base, 3)
+
+    async def three_failed() -> bool:
+        statuses = {s.version: s for s in app.state.registry.status("m")}
+        return 3 in statuses and statuses[3].state.value == "END"
+
+    await _until(three_failed)
+    assert await _served_version(client) == 2
+    r = await client.post("/admin/v1/models/m/versions/3/unload", headers=AUTH)
+    assert r.status_code == 400 and "force" in r.json()["error"], r.text
+    assert await _served_version(client) == 2
+    r = await client.post("/admin/v1/models/m/versions/2/load", headers=AUTH)
+    assert r.status_code == 200
+    r = await client.post("/admin/v1/models/m/versions/3/unload", headers=AUTH)
+    assert r.status_code == 200, r.text
+    doc = (await client.get("/admin/v1/models/m", headers=AUTH)).json()
+    assert doc["overrides"]["excluded"] == [3]
+    assert await _served_version(client) == 2
+    assert set(app.state.registry.snapshot.models["m"].versions) == {2}
 
 
 async def test_reload_config_without_a_config_file_is_refused(
