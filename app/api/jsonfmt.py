@@ -340,9 +340,17 @@ def encode_error(message: str) -> bytes:
     """`{"error": message}`, TF Serving's only error body shape."""
     try:
         return orjson.dumps({"error": message})
-    except orjson.JSONEncodeError:  # lone surrogates (from a body that was not UTF-8)
-        clean = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return orjson.dumps({"error": clean.encode("utf-8", "replace").decode("utf-8")})
+    except orjson.JSONEncodeError:
+        # Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape) become
+        # U+FFFD; so does any other, e.g. from a JSON "\ud800" escape in the body.
+        try:
+            clean = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            clean = message
+        return orjson.dumps({"error": _SURROGATES.sub("\ufffd", clean)})
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------------------- predict

@@ -1063,6 +1063,7 @@ def test_encode_regress_errors(outputs: np.ndarray, num: Any, message: str) -> N
         ),
         ("caf\u00e9 \x00", b'{"error":"caf\xc3\xa9 \\u0000"}'),
         ("bad \udcff byte", b'{"error":"bad \xef\xbf\xbd byte"}'),
+        ("lone \ud800 escape", b'{"error":"lone \xef\xbf\xbd escape"}'),  # a JSON "\ud800"
     ],
 )
 def test_encode_error(message: str, expected: bytes) -> None:
