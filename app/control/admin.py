@@ -60,7 +60,8 @@ LABEL = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class VersionBody(BaseModel):
-    version: int = Field(ge=0, le=2**63 - 1, examples=[1])
+    # strict: "1" and true are not versions (lax mode would read true as version 1)
+    version: int = Field(ge=0, le=2**63 - 1, strict=True, examples=[1])
 
 
 def admin_token(settings: Settings) -> str | None:

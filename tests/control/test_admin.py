@@ -156,6 +156,31 @@ async def test_the_admin_routes_are_in_the_openapi_page_with_bearer_auth(
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 
 
+@pytest.mark.parametrize("body", [b'{"version": "1"}', b'{"version": true}', b'{"version": -1}'])
+async def test_a_version_body_must_be_a_whole_number(
+    served: tuple[FastAPI, httpx.AsyncClient, Path], body: bytes
+) -> None:
+    _, client, _ = served
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = await client.put("/admin/v1/models/m/pin", headers=headers, content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Invalid request: body.version: ")
+    doc = (await client.get("/admin/v1/models/m", headers=AUTH)).json()
+    assert doc["pinned_version"] is None
+
+
+async def test_validation_errors_do_not_echo_the_input(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    _, client, _ = served
+    long_label = "x" * 300
+    r = await client.delete(f"/admin/v1/models/m/labels/{long_label}", headers=AUTH)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error == "Invalid request: path.label: String should have at most 256 characters"
+    assert long_label not in error
+
+
 # ---- listing ------------------------------------------------------------------------------
 
 
