@@ -44,6 +44,7 @@ from app.control.traffic import Traffic
 from app.core.registry import Registry
 from app.errors import ConfigError, FailedPrecondition, HotserveError, Unavailable
 from app.settings import Settings
+from app.tracing import loggable
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class AdminAuth:
             log.warning(
                 "admin: refused %s %s from %s (missing or wrong token)",
                 scope["method"],
-                scope["path"],
+                loggable(scope["path"]),
                 _address(scope.get("client")),
             )
             await _send_401(send)
@@ -218,9 +219,9 @@ async def _change(
     try:
         result = await call
     except HotserveError as exc:
-        log.warning("admin: %s: %s refused: %s", caller, what, exc.message)
+        log.warning("admin: %s: %s refused: %s", caller, loggable(what), loggable(exc.message))
         return JSONResponse({"error": exc.message}, status_code=http_status(exc))
-    log.info("admin: %s: %s done", caller, what)
+    log.info("admin: %s: %s done", caller, loggable(what))
     return JSONResponse(ok(result))
 
 
