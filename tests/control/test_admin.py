@@ -58,6 +58,16 @@ async def _until(condition: object, timeout: float = 60) -> None:
             await anyio.sleep(0.05)
 
 
+async def _until_failed(app: FastAPI, version: int) -> None:
+    """Until `version` of model m ended (a broken version gave up loading)."""
+
+    async def ended() -> bool:
+        statuses = {s.version: s for s in app.state.registry.status("m")}
+        return version in statuses and statuses[version].state.value == "END"
+
+    await _until(ended)
+
+
 # ---- security ---------------------------------------------------------------------------
 
 
@@ -233,12 +243,7 @@ async def test_a_pin_to_a_version_that_fails_to_load_leaves_serving_untouched(
 ) -> None:
     app, client, base = served
     broken(base, 7)
-
-    async def seven_failed() -> bool:
-        statuses = {s.version: s for s in app.state.registry.status("m")}
-        return 7 in statuses and statuses[7].state.value == "END"
-
-    await _until(seven_failed)
+    await _until_failed(app, 7)
     caplog.set_level(logging.INFO, logger="app.control.admin")
     r = await client.put("/admin/v1/models/m/pin", headers=AUTH, json={"version": 7})
     assert r.status_code == 400 and "failed to load" in r.json()["error"]
@@ -342,12 +347,7 @@ async def test_unloading_a_failed_newer_version_does_not_take_the_serving_one_do
     first (admin load) makes it safe."""
     app, client, base = served
     broken(base, 3)
-
-    async def three_failed() -> bool:
-        statuses = {s.version: s for s in app.state.registry.status("m")}
-        return 3 in statuses and statuses[3].state.value == "END"
-
-    await _until(three_failed)
+    await _until_failed(app, 3)
     assert await _served_version(client) == 2
     r = await client.post("/admin/v1/models/m/versions/3/unload", headers=AUTH)
     assert r.status_code == 400 and "force" in r.json()["error"], r.text
