@@ -61,7 +61,10 @@ class AdminActions:
         )
         state = await self._settle(reg, name, version, wait)
         if state is not VersionState.AVAILABLE:
-            reg.override(name, replace(reg.overrides(name), hold=before.hold))
+            # Take back only this call's hold: other calls may have changed holds meanwhile.
+            now = reg.overrides(name)
+            added = {version} - before.hold
+            reg.override(name, replace(now, hold=now.hold - added))
             raise self._load_error(reg, name, version)
         return str(state.value)
 
@@ -97,10 +100,11 @@ class AdminActions:
         reg.override(name, replace(before, hold=held, exclude=before.exclude - {version}))
         state = await self._settle(reg, name, version, wait)
         now = reg.overrides(name)
+        added = held - before.hold  # this call's hold only: a load meanwhile keeps its own
         if state is not VersionState.AVAILABLE:
-            reg.override(name, replace(now, hold=before.hold))  # serving never moved
+            reg.override(name, replace(now, hold=now.hold - added))  # serving never moved
             raise self._load_error(reg, name, version)
-        reg.override(name, replace(now, pin=version, hold=now.hold - (held - before.hold)))
+        reg.override(name, replace(now, pin=version, hold=now.hold - added))
         return str(state.value)
 
     async def unpin(self, name: str) -> int | None:
