@@ -28,7 +28,7 @@ RUN useradd --system --uid 10001 --no-create-home hotserve \
 COPY --chmod=0755 docker/entrypoint.sh /usr/bin/tf_serving_entrypoint.sh
 USER hotserve
 
-# 8500 is tensorflow/serving's gRPC port: accepted for compatibility, not served (REST only).
+# 8500: gRPC (TF Serving's PredictionService/ModelService), 8501: REST, as tensorflow/serving.
 EXPOSE 8500 8501
 # SIGTERM starts a graceful shutdown: /readyz answers 503 at once, in-flight requests drain
 # (--drain_timeout_seconds), then versions unload.

@@ -3,7 +3,8 @@
 Flags are TF Serving's (spec 1.2) plus hotserve's own (see `app.settings`), written
 `--flag=value` or `--flag value`; a boolean flag alone means true, and takes `=true|false|1|0`.
 Flags given on the command line override `HOTSERVE_<FLAG>` environment variables, which override
-the defaults. Exit status: 0 after `--help`, `--version` or a clean shutdown; 255 (TF Serving's
+the defaults. Exit status: 0 after `--help` or `--version`; after a graceful shutdown, 130 for
+SIGINT and, for SIGTERM, killed by the signal (143: uvicorn re-raises it); 255 (TF Serving's
 -1) for an unknown flag, a bad value, a configuration TF Serving refuses, or a failed startup.
 Unknown positional arguments print the usage and are otherwise ignored, as in TF Serving.
 """

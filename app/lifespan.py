@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio import from_thread, to_thread
@@ -41,6 +42,10 @@ from app.settings import Settings
 from app.shutdown import remaining
 from app.storage.cache import VersionCache
 from app.storage.scanner import RemoteScanner, SplitScanner
+
+if TYPE_CHECKING:
+    from app.grpc.server import GrpcServer
+    from app.grpc.service import Reload
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,49 @@ def config_reloader(
     return reload
 
 
+def grpc_server(settings: Settings, app: FastAPI, reload: Reload) -> GrpcServer | None:
+    """The gRPC edge, or None when `--port=0` and no `--grpc_socket_path` (hotserve's choice:
+    TF Serving refuses to start without any gRPC listener). Imported only when enabled: the
+    gRPC edge pulls in TF Serving's protos, and with them TensorFlow."""
+    from app.grpc.server import GrpcOptions, GrpcServer
+
+    opts = GrpcOptions(
+        host=settings.host,
+        port=settings.port,
+        socket_path=settings.grpc_socket_path,
+        channel_arguments=settings.grpc_channel_arguments,
+        ssl_config_file=settings.ssl_config_file,
+        health_service=settings.enable_grpc_healthcheck_service,
+        stop_grace_seconds=settings.drain_timeout_seconds,
+    )
+    if not opts.enabled:
+        return None
+    metrics: Metrics | None = getattr(app.state, "metrics", None)
+    return GrpcServer(
+        opts, app.state.serving, metrics.requests if metrics is not None else None, reload
+    )
+
+
+def grpc_config_reloader(registry: Registry, source: VersionSource) -> Reload:
+    """ModelService.HandleReloadConfigRequest: the new ModelServerConfig replaces the model set
+    exactly as a models.config reload does (same parser, same validation, same messages), then
+    waits until every model has settled, as TF Serving's ReloadConfig waits for new models."""
+
+    async def reload(proto: Any) -> None:
+        from google.protobuf import text_format
+
+        configs = config.parse_model_server_config(text_format.MessageToString(proto))
+        log.info("config reload (gRPC): %s", [c.name for c in configs])
+        registry.set_models(configs)
+        source.set_models(configs)
+        # The registry publishes no readiness event; a short poll is cheap and bounded by the
+        # caller's RPC deadline.
+        while not registry.is_ready():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+    return reload
+
+
 async def poll_config(
     settings: Settings, registry: Registry, source: VersionSource, current: list[ModelConfig]
 ) -> None:
@@ -299,6 +347,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.reload_config = (
         config_reloader(settings, registry, source) if settings.model_config_file else None
     )
+    grpc = grpc_server(settings, app, grpc_config_reloader(registry, source))
     log.info(
         "hotserve: serving %s (batching %s)",
         ", ".join(f"{c.name} <- {c.base_path}" for c in configs) or "no models",
@@ -315,19 +364,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await tg.start(registry.run)
             discovery = anyio.CancelScope()
             tg.start_soon(_discover, discovery, settings, registry, source, configs)
+            if grpc is not None:
+                await tg.start(grpc.run)
             try:
                 yield
             finally:
                 begin_shutdown()
                 # Discovery and config polling stop first: nothing new loads while we unload.
                 discovery.cancel()
-                deadline = getattr(app.state, "shutdown_deadline", None)
-                budget = remaining(deadline, settings.drain_timeout_seconds)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(budget) as scope:
-                    await registry.close(budget)
-                if scope.cancelled_caught:
-                    log.warning("shutdown: stopped unloading after %.1fs (budget)", budget)
+                await _stop_serving(app, settings, grpc, registry)
                 tg.cancel_scope.cancel()
+
+
+async def _stop_serving(
+    app: FastAPI, settings: Settings, grpc: GrpcServer | None, registry: Registry
+) -> None:
+    """Ordered, within the shutdown budget: gRPC refuses new RPCs and lets in-flight ones
+    finish, then every version drains and unloads."""
+    deadline = getattr(app.state, "shutdown_deadline", None)
+    budget = remaining(deadline, settings.drain_timeout_seconds)
+    with anyio.CancelScope(shield=True), anyio.move_on_after(budget) as scope:
+        if grpc is not None:
+            await grpc.stop(budget)
+        await registry.close(remaining(deadline, budget))
+    if scope.cancelled_caught:
+        log.warning("shutdown: stopped unloading after %.1fs (budget)", budget)
 
 
 async def _discover(

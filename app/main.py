@@ -33,6 +33,7 @@ from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
+from app.serving.service import Serving
 from app.settings import Settings
 from app.tracing import Tracing
 
@@ -94,8 +95,9 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
+    serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
     app.tf_serving_rest = TFServingRest(
-        registry=registry,
+        serving=serving,
         options=RestOptions(
             max_request_bytes=settings.max_request_bytes,
             timeout_ms=settings.rest_api_timeout_in_ms,

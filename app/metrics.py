@@ -99,10 +99,13 @@ class RequestMetrics:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        self.latency: dict[tuple[str, str], Hist] = {}
+        self.latency: dict[tuple[str, str, str], Hist] = {}
 
-    def observe(self, model: str, api: str, code: str, seconds: float) -> None:
-        """Count every request by (model, code); time successful ones by (model, API), in µs."""
+    def observe(
+        self, model: str, api: str, code: str, seconds: float, entrypoint: str = "REST"
+    ) -> None:
+        """Count every request by (model, code); time successful ones by (model, API,
+        entrypoint: "REST" or "GRPC", as TF Serving labels them), in µs."""
         key = (model, code)
         if key in self.counts:
             self.counts[key] += 1
@@ -111,13 +114,13 @@ class RequestMetrics:
             self.counts[key] = self.counts.get(key, 0) + 1
         if code != "OK":
             return
-        hist = self.latency.get((model, api))
+        hist = self.latency.get((model, api, entrypoint))
         if hist is None:
-            hist = self._new_latency(model, api)
+            hist = self._new_latency(model, api, entrypoint)
         hist.observe(seconds * 1e6)
 
-    def _new_latency(self, model: str, api: str) -> Hist:
-        key = (model if len(self.latency) < MAX_REQUEST_SERIES else "", api)
+    def _new_latency(self, model: str, api: str, entrypoint: str) -> Hist:
+        key = (model if len(self.latency) < MAX_REQUEST_SERIES else "", api, entrypoint)
         hist = self.latency.get(key)
         if hist is None:
             hist = self.latency[key] = Hist(REQUEST_LATENCY_US)
@@ -136,8 +139,8 @@ class RequestMetrics:
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             labels=["model_name", "API", "entrypoint"],
         )
-        for (model, api), hist in self.latency.items():
-            hist.add_to(latency, [model, api, "REST"])
+        for (model, api, entrypoint), hist in self.latency.items():
+            hist.add_to(latency, [model, api, entrypoint])
         yield latency
 
 

@@ -88,10 +88,13 @@ class Settings(BaseSettings):
     )
 
     # --- TensorFlow Serving's flags (spec 1.2), same names, defaults and order ----------------
-    port: int = tf_flag("gRPC port", default=8500, no_effect=True)
-    grpc_socket_path: str = tf_flag("UNIX socket for gRPC", default="", no_effect=True)
+    port: int = tf_flag(
+        "gRPC port (TF Serving's PredictionService and ModelService); 0 disables TCP gRPC",
+        default=8500,
+    )
+    grpc_socket_path: str = tf_flag("also serve gRPC on this UNIX socket (unix:<path>)", default="")
     rest_api_port: int = tf_flag(
-        "REST port. TF Serving's default 0 disables REST, but hotserve is REST-only:"
+        "REST port. TF Serving's default 0 disables REST, but hotserve always serves REST:"
         " 0 means the default 8501 (logged)",
         default=DEFAULT_REST_API_PORT,
     )
@@ -183,13 +186,23 @@ class Settings(BaseSettings):
     prefer_tflite_model: bool = tf_flag(
         "serve model.tflite if present", default=False, no_effect=True
     )
-    grpc_channel_arguments: str = tf_flag("gRPC channel arguments", default="", no_effect=True)
-    grpc_max_threads: int = tf_flag("gRPC threads", default_factory=_four_per_cpu, no_effect=True)
-    ssl_config_file: str = tf_flag("gRPC SSL config", default="", no_effect=True)
+    grpc_channel_arguments: str = tf_flag(
+        "gRPC server arguments, key=value,... (integers as ints), applied after hotserve's"
+        " 2 GiB message limits",
+        default="",
+    )
+    grpc_max_threads: int = tf_flag(
+        "gRPC threads (gRPC handlers run on the event loop here)",
+        default_factory=_four_per_cpu,
+        no_effect=True,
+    )
+    ssl_config_file: str = tf_flag(
+        "TLS for gRPC: a text-format tensorflow.serving.SSLConfig", default=""
+    )
     use_alts_credentials: bool = tf_flag("gRPC ALTS credentials", default=False, no_effect=True)
     enable_profiler: bool = tf_flag("TF profiler service", default=True, no_effect=True)
     enable_grpc_healthcheck_service: bool = tf_flag(
-        "gRPC health service", default=False, no_effect=True
+        "serve grpc.health.v1.Health (SERVING while up)", default=False
     )
 
     # --- hotserve's own options (a plain Field() here is one too) ------------------------------
@@ -331,7 +344,7 @@ class Settings(BaseSettings):
     def _rest_port_zero_means_default(cls, value: int) -> int:
         if value == 0:
             logger.info(
-                "rest_api_port=0 disables REST in TF Serving; hotserve is REST-only and"
+                "rest_api_port=0 disables REST in TF Serving; hotserve always serves REST and"
                 " listens on %d instead",
                 DEFAULT_REST_API_PORT,
             )

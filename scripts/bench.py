@@ -287,6 +287,7 @@ def start_server(args: argparse.Namespace, variant: Variant, run_dir: Path) -> S
     port = free_port()
     flags = [
         f"--rest_api_port={port}",
+        "--port=0",  # REST only unless a variant sets --port (two servers cannot share 8500)
         "--host=127.0.0.1",
         f"--model_repository={args.models_dir}",
         *tf_flags(),
@@ -307,6 +308,9 @@ def start_server(args: argparse.Namespace, variant: Variant, run_dir: Path) -> S
     stats = run_dir / f"batches-{mode}.json"
     stats.write_text("")
     env = dict(os.environ, BENCH_BATCH_STATS=str(stats), PYTHONUNBUFFERED="1")
+    # The server runs THIS checkout's app: the shared venv's editable install may point at
+    # another checkout, and a script's sys.path starts at its own folder, not the cwd.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env["BENCH_EXPERIMENT"] = variant.experiments
     env.update(variant.env)
     script = "floor_app.py" if variant.floor else "observed_server.py"

@@ -41,3 +41,10 @@ def _no_leaked_processes() -> Iterator[None]:
     if leaked:
         # A teardown error makes the run fail loudly, naming the culprits.
         raise RuntimeError(f"processes still running at the end of the session: {leaked}")
+
+
+@pytest.fixture(autouse=True)
+def no_default_grpc_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test binds TF Serving's fixed gRPC port 8500 unless it asks for a port: parallel runs
+    (and other servers on the machine) would collide. Tests that need gRPC pass `port=`."""
+    monkeypatch.setenv("HOTSERVE_PORT", "0")

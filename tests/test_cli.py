@@ -109,10 +109,7 @@ def test_compat_flags_log_a_note(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="app.cli"):
         parse_args(["--port=8500", "--grpc_max_threads=2", "--enable_batching"])
     notes = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
-    assert notes == [
-        "--port is accepted for compatibility, has no effect",
-        "--grpc_max_threads is accepted for compatibility, has no effect",
-    ]
+    assert notes == ["--grpc_max_threads is accepted for compatibility, has no effect"]
 
 
 def test_docker_entrypoint_command_line() -> None:

@@ -25,7 +25,12 @@ def test_entrypoint_serves_model_base_path_slash_model_name(tmp_path: Path) -> N
         "PYTHONPATH": str(REPO),
     }
     # Extra container arguments are appended and override the image's defaults, as in TFS.
-    cmd = [str(REPO / "docker" / "entrypoint.sh"), f"--rest_api_port={port}"]
+    # A free gRPC port too: the image's --port=8500 may be taken on a shared test machine.
+    cmd = [
+        str(REPO / "docker" / "entrypoint.sh"),
+        f"--rest_api_port={port}",
+        f"--port={free_port()}",
+    ]
     with (tmp_path / "log").open("wb") as log:
         proc = spawn(cmd, log, env=env)
         try:

@@ -1,7 +1,11 @@
-"""The import direction of ARCHITECTURE.md: main, lifespan, cli -> api, runtime, core -> errors.
+"""The import direction of ARCHITECTURE.md:
+main, lifespan, cli -> api, grpc -> serving -> core -> errors; runtime only through lifespan.
 
-core imports neither api, runtime, fastapi nor tensorflow; api never imports runtime; only
-runtime imports tensorflow. Checked on the source with ast, so a lazy import counts too.
+core imports neither api, grpc, serving, runtime, fastapi nor tensorflow; serving imports no edge,
+no runtime and no wire format (fastapi, grpc, protobuf); the edges (api, grpc) never import
+runtime or each other; only runtime imports tensorflow, except that the gRPC edge may import
+TensorFlow's *protobuf* modules (tensorflow.core.framework / tensorflow.core.example: the wire
+types of TF Serving's API). Checked on the source with ast, so a lazy import counts too.
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 FORBIDDEN = {
-    "core": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
-             "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
-    "api": ("app.runtime", "app.lifespan", "app.cli", "tensorflow", "tensorflow_serving"),
+    "core": ("app.api", "app.grpc", "app.serving", "app.control", "app.runtime", "app.main",
+             "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
+             "tensorflow_serving"),
+    "serving": ("app.api", "app.grpc", "app.control", "app.runtime", "app.main", "app.lifespan",
+                "app.cli", "fastapi", "starlette", "grpc", "google.protobuf", "tensorflow",
+                "tensorflow_serving"),
+    "api": ("app.runtime", "app.grpc", "app.lifespan", "app.cli", "grpc", "tensorflow",
+            "tensorflow_serving"),
+    "grpc": ("app.runtime", "app.api", "app.control", "app.lifespan", "app.cli", "app.main",
+             "fastapi", "starlette"),
     "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
                 "tensorflow_serving"),
 }  # fmt: skip
+# The gRPC edge speaks TF Serving's protos, which live in TensorFlow's package.
+TF_PROTOS = ("tensorflow.core.framework", "tensorflow.core.example")
 
 
 def imports(path: Path) -> set[str]:
@@ -29,6 +42,7 @@ def imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -48,9 +62,18 @@ def test_layer_imports_point_one_way(layer: str) -> None:
 
 def test_only_runtime_imports_tensorflow() -> None:
     outside = [
-        f"{path.relative_to(APP)}"
+        f"{path.relative_to(APP)} imports {n}"
         for path in APP.rglob("*.py")
         if "runtime" not in path.relative_to(APP).parts
-        and any(n == "tensorflow" or n.startswith("tensorflow.") for n in imports(path))
+        for n in imports(path)
+        if (n == "tensorflow" or n.startswith("tensorflow."))
+        and not (path.relative_to(APP).parts[0] == "grpc" and n.startswith(TF_PROTOS))
     ]
     assert outside == []
+
+
+def test_from_app_import_runtime_is_caught(tmp_path: Path) -> None:
+    """`from app import runtime` names the module in the alias, not in `module`."""
+    f = tmp_path / "x.py"
+    f.write_text("from app import runtime\nfrom app.core import routing\n")
+    assert imports(f) >= {"app.runtime", "app.core.routing"}

@@ -63,7 +63,7 @@ def test_tf_serving_defaults() -> None:
     s = Settings()
     assert s.port == 8500
     assert s.grpc_socket_path == ""
-    assert s.rest_api_port == 8501  # hotserve is REST-only; TF's 0 would disable REST
+    assert s.rest_api_port == 8501  # TF's 0 would disable REST
     assert s.rest_api_num_threads >= 4
     assert s.rest_api_timeout_in_ms == 30000
     assert s.rest_api_enable_cors_support is False
@@ -142,7 +142,7 @@ def test_rest_port_zero_means_default_with_note(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.INFO, logger="app.settings"):
         s = Settings(rest_api_port=0)
     assert s.rest_api_port == 8501
-    assert "REST-only" in caplog.text
+    assert "always serves REST" in caplog.text
 
 
 def test_all_three_parallelism_flags_is_an_error() -> None:

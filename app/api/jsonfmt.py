@@ -63,6 +63,7 @@ _CONTROL = {i: f"\\u{i:04X}" for i in range(0x20)}
 _CONTROL.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
 _STR_ESCAPES = {**_CONTROL, ord('"'): '\\"', ord("\\"): "\\\\"}
 _RAW_ESCAPE_RE = re.compile(rb'[\x00-\x1f"\\]')
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------------------- names and text
@@ -224,7 +225,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
     `-Inf`, `-Infinity` are numbers (kParseNanAndInfFlag); whatever follows the first complete
     value is ignored (kParseStopWhenDoneFlag); comments and trailing commas are errors (their
     flags are off); integers stay exact (beyond the 64-bit ranges they become doubles);
-    bytes that are not UTF-8 pass through (no kParseValidateEncodingFlag). Raises
+    bytes that are not UTF-8 pass through (no kParseValidateEncodingFlag), but a `\\u` escape
+    of a lone surrogate is an error (rapidjson always checks pairs). Raises
     InvalidArgument with rapidjson's messages and byte offsets."""
     if not body:
         raise InvalidArgument("JSON Parse error: The document is empty")
@@ -286,8 +288,14 @@ def _slow_loads(body: bytes, skip: int = 0) -> Any:
 
     prepared = _TOKEN_RE.sub(fix, text)
     decoder = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
+    # Python's json takes a lone surrogate escape; rapidjson stops there (the first error wins).
+    lone = _lone_surrogate(text)
     try:
-        return decoder.raw_decode(prepared, start)[0]  # stops after the first value
+        obj, end = decoder.raw_decode(prepared, start)  # stops after the first value
+        pos = end - 5 * bisect.bisect_left(shifts, end)
+        if lone is None or lone >= pos:
+            return obj
+        reason, offset = "", 0  # replaced below: the lone surrogate came first
     except json.JSONDecodeError as exc:
         reason = _REASONS.get(exc.msg, "Invalid value.")
         if exc.msg == "Expecting ',' delimiter":
@@ -295,10 +303,40 @@ def _slow_loads(body: bytes, skip: int = 0) -> Any:
         pos = exc.pos - 5 * bisect.bisect_left(shifts, exc.pos)
         offset = len(text[:pos].encode("utf-8", "surrogateescape"))
     except _NumberTooBig as exc:
-        reason, offset = "Number too big to be stored in double.", max(text.find(exc.token), 0)
+        pos = max(text.find(exc.token), 0)
+        reason, offset = "Number too big to be stored in double.", pos
     except (RecursionError, ValueError):
-        reason, offset = "Document nested too deeply or number too long.", 0
+        pos, reason, offset = 0, "Document nested too deeply or number too long.", 0
+    if lone is not None and lone < pos:
+        reason = "The surrogate pair in string is invalid."
+        offset = len(text[:lone].encode("utf-8", "surrogateescape"))
     raise InvalidArgument(f"JSON Parse error: {reason} at offset: {skip + offset}")
+
+
+_ESCAPE_RE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|.)", re.DOTALL)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Index of the first `\\u` escape rapidjson refuses (kParseErrorStringUnicodeSurrogateInvalid,
+    reported at the escape's backslash): a high surrogate not followed at once by a low one, or
+    a low one on its own. None when there is none. Escapes only occur inside strings, so a
+    left-to-right scan pairs every backslash with the character it escapes."""
+    if "\\u" not in text:
+        return None
+    high = -1  # index of a high surrogate escape waiting for its low half
+    high_end = -1
+    for m in _ESCAPE_RE.finditer(text):
+        code = int(m.group(1), 16) if m.group(1) else -1
+        if high >= 0:
+            if m.start() == high_end and 0xDC00 <= code <= 0xDFFF:
+                high = -1
+                continue
+            return high
+        if 0xD800 <= code <= 0xDBFF:
+            high, high_end = m.start(), m.end()
+        elif 0xDC00 <= code <= 0xDFFF:
+            return m.start()
+    return high if high >= 0 else None
 
 
 def _parse_int(token: str) -> int | float:
@@ -341,16 +379,9 @@ def encode_error(message: str) -> bytes:
     try:
         return orjson.dumps({"error": message})
     except orjson.JSONEncodeError:
-        # Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape) become
-        # U+FFFD; so does any other, e.g. from a JSON "\ud800" escape in the body.
-        try:
-            clean = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            clean = message
-        return orjson.dumps({"error": _SURROGATES.sub("\ufffd", clean)})
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
+        # Lone surrogates: bytes that were not UTF-8 (kept by surrogateescape) or a JSON
+        # "\\ud800" escape (Python's json accepts it). Each becomes U+FFFD.
+        return orjson.dumps({"error": _SURROGATE_RE.sub("\ufffd", message)})
 
 
 # ---------------------------------------------------------------------------- predict

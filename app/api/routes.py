@@ -37,17 +37,17 @@ from anyio import to_thread
 from app.api import codec, paths
 from app.api.errors import http_status
 from app.api.paths import VERBS, Route
-from app.core.lifecycle import ModelVersion
-from app.core.registry import Registry
 from app.core.types import Signature, VersionStatus
+from app.core.versions import ModelVersion
 from app.errors import (
     Cancelled,
     Code,
-    DeadlineExceeded,
     HotserveError,
     InvalidArgument,
     PayloadTooLarge,
 )
+from app.serving.service import Api, Serving
+from app.serving.types import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,11 @@ class TFServingRest:
 
     def __init__(
         self,
-        registry: Callable[[], Registry],
+        serving: Serving,
         options: RestOptions,
         observer: RequestObserver | None = None,
     ) -> None:
-        self._registry = registry
+        self._serving = serving
         self.options = options
         self._observer = observer
         self._extra = CORS_HEADERS if options.cors else []
@@ -241,44 +241,22 @@ class TFServingRest:
             return await self._predict(route, body, deadline)
         return await self._examples(route, body, deadline)
 
-    def _signature(self, mv: ModelVersion, name: str, verb: str) -> Signature:
-        sig = mv.signatures.get(name)
-        if sig is None:
-            if verb == "predict":
-                raise InvalidArgument(
-                    f'Serving signature name: "{name}" not found in signature def'
-                )
-            raise InvalidArgument(f"No signature was found with the name: {name}")
-        expected = VERBS[verb]  # type: ignore[index]
-        if self.options.method_name_check and sig.method_name != expected:
-            raise InvalidArgument(
-                f"Expected {verb} signature method_name to be {expected}. Was: {sig.method_name}"
-            )
-        mv.mark_used(sig.name)  # --signature_check=used protects what clients call
-        return sig
-
-    async def _run(
-        self, mv: ModelVersion, sig: str, inputs: dict[str, Any], deadline: float | None
-    ) -> dict[str, Any]:
-        if deadline is None or mv.runner.enforces_deadlines:
-            # One timer per request is enough: a second anyio scope cost 15-25 µs (profiled).
-            return await mv.runner.submit(sig, inputs, deadline)
-        with anyio.move_on_after(deadline - time.monotonic()) as scope:
-            return await mv.runner.submit(sig, inputs, deadline)
-        assert scope.cancelled_caught
-        raise DeadlineExceeded("Deadline Exceeded")
+    def _signature(self, mv: ModelVersion, name: str, verb: Api) -> Signature:
+        """The serving layer's lookup and method check, with the REST edge's wording."""
+        return self._serving.signature(mv, name, verb, edge="REST")
 
     async def _predict(self, route: Route, body: bytes, deadline: float | None) -> bytes:
         heavy = self._big(body)
         # A malformed body is a 400 even for an unknown model: parse before resolving.
         req = await self._offload(_parse_predict, body) if heavy else _parse_predict(body)
-        with self._registry().acquire(route.name, route.version, route.label) as mv:
+        serving = self._serving
+        with serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
             if heavy:
                 inputs = await self._offload(codec.to_tensors, req, sig)
             else:
                 inputs = codec.to_tensors(req, sig)
-            outputs = await self._run(mv, sig.name, inputs, deadline)
+            outputs = await serving.run(mv, sig, inputs, deadline)
         big_answer = _values(outputs.values()) >= self.options.offload_elements
         if big_answer:
             return await self._offload(codec.encode_predict, outputs, req.columnar)
@@ -291,26 +269,23 @@ class TFServingRest:
             sig_name, context, examples = await self._offload(_parse_examples, body, verb)
         else:
             sig_name, context, examples = _parse_examples(body, verb)
-        with self._registry().acquire(route.name, route.version, route.label) as mv:
-            sig = self._signature(mv, sig_name, verb)
-            if verb == "classify":
-                in_alias, classes, scores = codec.classify_io(sig)
-            else:
-                in_alias, out_alias = codec.regress_io(sig)
+        api: Api = "classify" if verb == "classify" else "regress"
+        serving = self._serving
+        with serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
+            sig = self._signature(mv, sig_name, api)
             serialize = mv.servable.serialize_examples
             if heavy or len(examples) >= self.options.offload_examples:
                 serialized = await self._offload(serialize, context, examples)
             else:
                 serialized = serialize(context, examples)
-            outputs = await self._run(mv, sig.name, {in_alias: serialized}, deadline)
-        if verb == "classify":
-            return codec.encode_classify(
-                outputs.get(classes) if classes else None, outputs.get(scores) if scores else None
-            )
-        return codec.encode_regress(outputs[out_alias])
+            if api == "classify":
+                result = await serving.classify(mv, sig, serialized, deadline)
+                return codec.encode_classify(result.classes, result.scores)
+            values = await serving.regress(mv, sig, serialized, deadline)
+        return codec.encode_regress(values)
 
     def _metadata(self, route: Route) -> bytes:
-        with self._registry().acquire(route.name, route.version, route.label) as mv:
+        with self._serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
             cached = mv.cache.get("metadata")
             if cached is None:
                 cached = codec.encode_json(
@@ -320,7 +295,9 @@ class TFServingRest:
                             "signature_name": "",
                             "version": str(mv.id.version),
                         },
-                        "metadata": mv.servable.metadata(),
+                        "metadata": {
+                            "signature_def": {"signature_def": Serving.signature_defs(mv)}
+                        },
                     }
                 )
                 mv.cache["metadata"] = cached
@@ -328,7 +305,7 @@ class TFServingRest:
 
     def _status(self, route: Route) -> bytes:
         # TF Serving ignores a label in the status route and lists every version (QUIRK, kept).
-        statuses = self._registry().status(route.name, route.version)
+        statuses = self._serving.status(route.name, route.version)
         return codec.encode_json({"model_version_status": [_status_json(s) for s in statuses]})
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
+from app.core import routing
 from app.core.lifecycle import (
     LoadOptions,
     ModelRoute,
@@ -35,7 +36,7 @@ from app.core.priority import LoadPriority
 from app.core.scanner import ScanResult
 from app.core.servable import Loader
 from app.core.types import ModelConfig, VersionStatus
-from app.errors import InvalidArgument, NotFound
+from app.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +111,8 @@ class Registry:
             lease.release()
 
     def resolve(self, name: str, version: int | None, label: str | None) -> ModelVersion:
-        route = self._snapshot.models.get(name)
-        if label is not None:
-            target = route.labels.get(label) if route is not None else None
-            if target is None:
-                raise InvalidArgument(f"Unrecognized servable version label: {label}")
-            version = target
-        if version is None:
-            if route is None or route.latest is None:
-                raise NotFound(f"Servable not found for request: Latest({name})")
-            return route.latest
-        found = route.versions.get(version) if route is not None else None
-        if found is None:
-            raise NotFound(f"Servable not found for request: Specific({name}, {version})")
-        return found
+        """The version a request for (name, version | label) is served by (`app.core.routing`)."""
+        return routing.choose(self._snapshot.models, routing.VersionRequest(name, version, label))
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """TF Serving's GetModelStatus: every version ever tracked, highest first."""

@@ -121,6 +121,14 @@ def _cast(alias: str, value: Any, dtype: np.dtype[Any] | None) -> Any:
         ) from None
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """A fetched output as an array. TF returns a 0-d DT_STRING output as Python `bytes`:
+    kept in an object array, since a fixed-width "S" array would drop its trailing NUL bytes."""
+    if isinstance(value, bytes):
+        return np.array(value, dtype=object)
+    return np.asarray(value)
+
+
 class SavedModelServable:
     """One loaded SavedModel version (implements app.core.servable.Servable)."""
 
@@ -151,7 +159,7 @@ class SavedModelServable:
             values = feed.fn(*args)
         except tf.errors.OpError as exc:
             raise _run_error(exc) from None
-        return {alias: np.asarray(v) for alias, v in zip(feed.outputs, values, strict=True)}
+        return {alias: _as_array(v) for alias, v in zip(feed.outputs, values, strict=True)}
 
     def _make_feed(self, key: tuple[str, frozenset[str]]) -> _Feed:
         signature, fed = key

@@ -56,6 +56,7 @@ class Server:
             f"--model_name={options.model}",
             f"--model_base_path={options.base}",
             f"--rest_api_port={self.port}",
+            "--port=0",  # REST only: gRPC's fixed 8500 may be taken on a shared machine
             "--host=127.0.0.1",
             f"--file_system_poll_wait_seconds={options.poll_seconds}",
         ]

@@ -51,6 +51,7 @@ def loads(data: bytes) -> Any:
 
 # ---------------------------------------------------------------------------- parse_body
 
+SURROGATE = "JSON Parse error: The surrogate pair in string is invalid."
 PARSE_ERRORS = [
     (b"", "JSON Parse error: The document is empty"),
     (b"   \n", "JSON Parse error: The document is empty. at offset: 4"),
@@ -65,6 +66,17 @@ PARSE_ERRORS = [
     (b'{"a":"\x01"}', "JSON Parse error: Invalid encoding in string."),
     (b'{"a":1e400}', "JSON Parse error: Number too big to be stored in double."),
     (b'{"a":Inf,"b":x}', "JSON Parse error: Invalid value. at offset: 13"),
+    # rapidjson's kParseErrorStringUnicodeSurrogateInvalid, at the escape's backslash; Python's
+    # json would take a lone surrogate. The first error in the text wins; after the first
+    # value nothing is read.
+    (b'{"a":"\\ud800"}', SURROGATE + " at offset: 6"),
+    (b'{"a":"\\udc00"}', SURROGATE + " at offset: 6"),
+    (b'{"a":"\\ud800\\u0041"}', SURROGATE + " at offset: 6"),
+    (b'{"a":"x\\ud800y"}', SURROGATE + " at offset: 7"),
+    (b'{"a":"\\\\\\ud800"}', SURROGATE + " at offset: 8"),  # after an escaped backslash
+    (b'\xef\xbb\xbf{"a":[NaN,"\\ud800"]}', SURROGATE + " at offset: 14"),
+    (b'{"a":"\\ud800"] x', SURROGATE + " at offset: 6"),
+    (b'{"a" x "\\ud800"}', "JSON Parse error: Missing a colon after a name of object member."),
     (b"[1,2]", "JSON Value: [\n    1,\n    2\n] Is not object"),
     (b'"s"', 'JSON Value: "s" Is not object'),
     (b"1.5", "JSON Value: 1.5 Is not object"),
@@ -101,6 +113,9 @@ def test_parse_body_errors(body: bytes, message: str) -> None:
         (b'{"v": "Inf", "n": Inf}', "Inf"),
         (b'{"v": "say \\"NaN\\" -Inf", "n": -Inf}', 'say "NaN" -Inf'),
         (b'{"v": 1, "v": 2}', 2),  # last wins (orjson); documented deviation
+        (b'{"v": "\\ud83d\\ude00", "n": NaN}', "\U0001f600"),  # a pair, on the slow path
+        (b'{"v": "\\\\ud800", "n": NaN}', "\\ud800"),  # an escaped backslash, then text
+        (b'{"v": 1} "\\ud800"', 1),  # after the first value: not read
     ],
 )
 def test_parse_body_values(body: bytes, expected: Any) -> None:
@@ -1063,7 +1078,8 @@ def test_encode_regress_errors(outputs: np.ndarray, num: Any, message: str) -> N
         ),
         ("caf\u00e9 \x00", b'{"error":"caf\xc3\xa9 \\u0000"}'),
         ("bad \udcff byte", b'{"error":"bad \xef\xbf\xbd byte"}'),
-        ("lone \ud800 escape", b'{"error":"lone \xef\xbf\xbd escape"}'),  # a JSON "\ud800"
+        # Lone surrogates from JSON escapes ("\\ud800"), not from undecodable bytes.
+        ("lone \ud800\udc00", b'{"error":"lone \xef\xbf\xbd\xef\xbf\xbd"}'),
     ],
 )
 def test_encode_error(message: str, expected: bytes) -> None:

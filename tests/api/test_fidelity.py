@@ -135,6 +135,17 @@ def test_b64_outside_absl_alphabet_or_padding_stays_400(server: str, text: str) 
     assert "Unable to base64 decode" in json.loads(out)["error"]
 
 
+def test_scalar_string_output_keeps_trailing_nul_bytes(server: str) -> None:
+    # A columnar scalar makes the model's outputs 0-d. TF hands a 0-d string back as Python
+    # bytes; a fixed-width numpy "S" array would drop its trailing NULs (TF Serving keeps them).
+    raw = b"\x00ab\x00\x00"
+    body = {"inputs": {"b64": base64.b64encode(raw).decode()}}
+    status, _, out = call(server, "POST", "/v1/models/blob:predict", body)
+    outputs = ok_json(status, out)["outputs"]
+    assert outputs["length"] == len(raw)
+    assert base64.b64decode(outputs["echo_bytes"]["b64"]) == raw
+
+
 def test_b64_features_of_classify_and_regress(server: str) -> None:
     wrapped = base64.encodebytes(BLOB).decode()
     dotted = base64.b64encode(BLOB[:98]).decode().replace("=", ".")

@@ -27,7 +27,6 @@ K8S_VERSION = "1.30.0"
 KUSTOMIZATIONS = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
 # Variables the SDKs of object stores read themselves (app/storage/remote.py).
 SDK_ENV = re.compile(r"AWS_[A-Z_]+|GOOGLE_[A-Z_]+|AZURE_STORAGE_[A-Z_]+")
-SHUTDOWN_SETTINGS = ("drain_timeout_seconds", "shutdown_grace_seconds", "shutdown_timeout_seconds")
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -141,14 +140,14 @@ def _check_probes(container: dict[str, Any], settings: Settings) -> None:
 
 
 def _check_shutdown(pod: dict[str, Any], container: dict[str, Any], settings: Settings) -> None:
-    """The kubelet's grace must cover the preStop pause plus every shutdown wait the app does,
-    or in-flight requests are killed mid-drain."""
+    """The kubelet's grace must cover the preStop pause plus the app's whole shutdown budget
+    (`--shutdown_timeout_seconds` bounds grace, drains and unloads: app.shutdown), or in-flight
+    requests are killed mid-drain."""
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    waits = sum(
-        float(getattr(settings, n)) for n in SHUTDOWN_SETTINGS if n in Settings.model_fields
-    )
-    assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + waits
+    budget = settings.shutdown_timeout_seconds
+    assert settings.shutdown_grace_seconds < budget
+    assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + budget
 
 
 def _check_config_files(
