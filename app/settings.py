@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="text: one human-readable line per record; json: one JSON object per line "
-        "(time, level, logger, message, request_id, traceparent and the record's extra fields)",
+        "(time, level, logger, message, request_id, trace_id and the record's extra fields)",
     )
     shutdown_grace_seconds: float = Field(
         default=0.0,
