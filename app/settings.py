@@ -369,6 +369,16 @@ class Settings(BaseSettings):
                 "server_options.batching_parameters_file is set without setting"
                 " server_options.enable_batching to true."
             )
+        if self.shutdown_grace_seconds > 0 and (
+            self.shutdown_grace_seconds >= self.shutdown_timeout_seconds
+        ):
+            # The grace counts inside the budget (app.shutdown): a grace that fills it leaves
+            # no time to finish in-flight requests, and the watchdog would cut them off.
+            raise ConfigError(
+                f"--shutdown_grace_seconds ({self.shutdown_grace_seconds:g}) must be shorter"
+                f" than --shutdown_timeout_seconds ({self.shutdown_timeout_seconds:g}), which"
+                " bounds the whole shutdown, grace included"
+            )
         return self
 
 
