@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -214,9 +215,20 @@ def _read_routes(
 async def _change(
     request: Request, what: str, call: Awaitable[T], ok: Callable[[T], dict[str, Any]]
 ) -> JSONResponse:
-    """Run one change and log it with the caller's address and its outcome."""
+    """Run one change and log it with the caller's address and its outcome.
+
+    Under `--workers N` a change would reach the one worker that took the connection, and its
+    versions wait for every worker (app.workers): refused until admin actions go through the
+    supervisor. Reads (status, events) still answer, for that worker."""
     caller = _caller(request)
     try:
+        if getattr(request.app.state, "publish_gate", None) is not None:
+            if inspect.iscoroutine(call):
+                call.close()  # never started: no "was never awaited" warning
+            raise FailedPrecondition(
+                "admin changes are not available with --workers > 1 (each worker has its own"
+                " registry); change models.config or the model directories instead"
+            )
         result = await call
     except HotserveError as exc:
         log.warning("admin: %s: %s refused: %s", caller, loggable(what), loggable(exc.message))

@@ -399,3 +399,15 @@ async def test_reload_config_now_applies_a_changed_models_config(
         assert r.status_code == 400 and "kept the previous one" in r.json()["error"]
         assert str(tmp_path) not in r.json()["error"]
         assert await _served_version(client, "/v1/models/b:predict") == 1
+
+
+async def test_changes_are_refused_under_workers_while_reads_answer(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    app, client, _ = served
+    app.state.publish_gate = object()  # what app.worker sets in each --workers process
+    r = await client.put("/admin/v1/models/m/pin", headers=AUTH, json={"version": 1})
+    assert r.status_code == 400
+    assert "not available with --workers > 1" in r.json()["error"]
+    assert (await client.get("/admin/v1/status", headers=AUTH)).status_code == 200
+    assert await _served_version(client) == 2  # nothing changed
