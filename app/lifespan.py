@@ -200,7 +200,11 @@ def grpc_server(settings: Settings, app: FastAPI, reload: Reload) -> GrpcServer 
         return None
     metrics: Metrics | None = getattr(app.state, "metrics", None)
     return GrpcServer(
-        opts, app.state.serving, metrics.requests if metrics is not None else None, reload
+        opts,
+        app.state.serving,
+        metrics.requests if metrics is not None else None,
+        reload,
+        shutting_down=lambda: bool(getattr(app.state, "shutting_down", False)),
     )
 
 

@@ -132,11 +132,20 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors: Any = exc.errors()
-        return JSONResponse({"error": str(errors)}, status_code=400)
+        return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
 
     install_openapi(app)
     return app
+
+
+def validation_message(errors: Any) -> str:
+    """A FastAPI validation failure as one line: where and what, never the input itself (it
+    may be megabytes, or a secret) nor a Python repr."""
+    parts = [
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid value')}"
+        for e in errors
+    ]
+    return "Invalid request: " + "; ".join(parts)
 
 
 def __getattr__(name: str) -> Any:

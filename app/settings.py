@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="text: one human-readable line per record; json: one JSON object per line "
-        "(time, level, logger, message, request_id, traceparent and the record's extra fields)",
+        "(time, level, logger, message, request_id, trace_id and the record's extra fields)",
     )
     shutdown_grace_seconds: float = Field(
         default=0.0,
@@ -368,6 +368,16 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "server_options.batching_parameters_file is set without setting"
                 " server_options.enable_batching to true."
+            )
+        if self.shutdown_grace_seconds > 0 and (
+            self.shutdown_grace_seconds >= self.shutdown_timeout_seconds
+        ):
+            # The grace counts inside the budget (app.shutdown): a grace that fills it leaves
+            # no time to finish in-flight requests, and the watchdog would cut them off.
+            raise ConfigError(
+                f"--shutdown_grace_seconds ({self.shutdown_grace_seconds:g}) must be shorter"
+                f" than --shutdown_timeout_seconds ({self.shutdown_timeout_seconds:g}), which"
+                " bounds the whole shutdown, grace included"
             )
         return self
 

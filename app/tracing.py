@@ -49,6 +49,12 @@ def current() -> RequestContext | None:
     return _current.get()
 
 
+def loggable(text: str) -> str:
+    """`text` (a path, a name from a request) safe to put in a text log line: with a control
+    character in it (a newline could forge a whole log line), escaped as Python would."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _request_id(value: bytes | None) -> bytes:
     if value is not None and _ID_OK.fullmatch(value):
         return value
@@ -127,7 +133,7 @@ class Tracing:
                 '%s "%s %s" %d %d %.2fms',
                 f"{client[0]}:{client[1]}" if client else "-",
                 scope["method"],
-                scope["path"],
+                loggable(scope["path"]),
                 status,
                 size,
                 (time.perf_counter() - started) * 1000,

@@ -62,6 +62,8 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=30,
 )
+# Lone surrogates (valid JSON escapes, not encodable as UTF-8), a BOM, separators, a NUL.
+ODD_CHARACTERS = st.sampled_from(["", "\ud800", "\udcff", "\udfff", "\ufeff", "\u2028", "\x00"])
 KEYS = st.sampled_from(
     ["instances", "inputs", "signature_name", "examples", "context", "x", "b64", ""]
 )
@@ -81,8 +83,8 @@ def bodies(draw: st.DrawFn) -> bytes:
         rows = draw(st.lists(st.integers(0, 5), min_size=1, max_size=5))
         ragged = [[1.0] * r for r in rows]
         return json.dumps({"instances": [0.5] * n if n % 2 else ragged}).encode()
-    if kind == 3:
-        text = draw(st.text(max_size=60))
+    if kind == 3:  # odd unicode, lone surrogates included (json.dumps writes them as "\ud800")
+        text = draw(st.text(max_size=60)) + draw(ODD_CHARACTERS)
         return json.dumps({"instances": [text], "signature_name": text}).encode()
     if kind == 4:
         return (
@@ -165,7 +167,15 @@ def draw_cases(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
     return cases
 
 
-V1_CASES = st.tuples(st.sampled_from(["POST", "GET", "PUT"]), v1_paths(), bodies())
+# Half the cases POST to the served model itself, so the bodies reach its signature checks
+# (and the error messages quoting them) instead of stopping at a 404 or a malformed path.
+MODEL_PATHS = st.sampled_from(
+    [f"/v1/models/half{v}:{verb}" for v in ("", "/versions/2") for verb in ("predict", "regress")]
+)
+V1_CASES = st.one_of(
+    st.tuples(st.just("POST"), MODEL_PATHS, bodies()),
+    st.tuples(st.sampled_from(["POST", "GET", "PUT"]), v1_paths(), bodies()),
+)
 OTHER_CASES = st.tuples(
     OTHER_ROUTES,
     MODEL_NAMES | SEGMENT,

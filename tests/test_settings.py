@@ -196,3 +196,11 @@ def test_flag_groups_and_no_effect_marker_come_from_the_fields() -> None:
     assert marked == COMPAT_ONLY_FLAGS
     # Declaration order is the order of TF Serving's table, --help and the README.
     assert list(Settings.model_fields).index("port") < list(Settings.model_fields).index("host")
+
+
+def test_a_shutdown_grace_must_leave_time_inside_the_budget() -> None:
+    with pytest.raises(ConfigError, match="must be shorter than --shutdown_timeout_seconds"):
+        Settings(shutdown_grace_seconds=10, shutdown_timeout_seconds=4)
+    with pytest.raises(ConfigError, match="must be shorter"):
+        Settings(shutdown_grace_seconds=25)  # the default budget is 25 s
+    assert Settings(shutdown_grace_seconds=5).shutdown_grace_seconds == 5

@@ -132,3 +132,33 @@ async def test_no_access_log_lines_when_off(
     caplog.set_level(logging.INFO, logger="hotserve.access")
     await client.post("/v1/models/half:predict", json={"instances": [1.0]})
     assert not [r for r in caplog.records if r.name == "hotserve.access"]
+
+
+async def test_a_path_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A percent-encoded newline in a path (unauthenticated) or in an admin name or label must
+    not start a new, forged line in the text logs: control characters are escaped."""
+    settings = Settings(
+        model_name="half",
+        model_base_path=str(HALF),
+        version_settle_seconds=0,
+        admin_token=TOKEN,
+        access_log=True,
+    )
+    forged = "%0A2026-01-01 00:00:00,000 INFO app.control.admin: admin: 10.0.0.1:1: forged"
+    caplog.set_level(logging.INFO)
+    async with running_app(settings) as (_, client):
+        await client.get(f"/admin/x{forged}")  # refused, and logged
+        await client.get(f"/v1/models/x{forged}")  # access log
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = await client.put(
+            f"/admin/v1/models/half/labels/a{forged}", headers=auth, json={"version": 2}
+        )
+        assert r.status_code == 200
+        await client.post(f"/admin/v1/models/n{forged}/versions/1/load", headers=auth)
+    messages = [
+        r.getMessage() for r in caplog.records if r.name in ("app.control.admin", "hotserve.access")
+    ]
+    about = [m for m in messages if "forged" in m]
+    assert len(about) >= 5, messages
+    assert not [m for m in about if "\n" in m], about
+    assert any("refused GET /admin/x\\n2026" in m for m in about), about

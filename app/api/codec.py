@@ -43,7 +43,6 @@ from app.api.jsonfmt import (
     json_type,
     may_hold_bools,
     parse_body,
-    quote,
     shape_text,
     tf_type_name,
 )
@@ -52,9 +51,9 @@ from app.core.servable import Example, Feature
 from app.core.types import Signature, TensorSpec
 from app.errors import HotserveError, InvalidArgument, Unimplemented
 
-__all__ = ["JsonObject", "PredictRequest", "classify_io", "encode_classify", "encode_error"]
+__all__ = ["JsonObject", "PredictRequest", "encode_classify", "encode_error"]
 __all__ += ["encode_json", "encode_predict", "encode_regress", "parse_body", "parse_examples"]
-__all__ += ["parse_predict", "regress_io", "to_tensors"]
+__all__ += ["parse_predict", "to_tensors"]
 
 INT32_MIN, INT32_MAX, UINT32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 _MAX_RANK = 64  # numpy's limit (TF allows 254; nobody sends such JSON)
@@ -527,62 +526,3 @@ def _feature_value(name: str, item: Any) -> Any:
     if math.isfinite(value) and abs(value) > FLOAT32_MAX:
         return math.copysign(math.inf, value)  # what a float32 feature stores
     return value
-
-
-def classify_io(sig: Signature) -> tuple[str, str | None, str | None]:
-    """(input alias "inputs", classes alias or None, scores alias or None); spec 6.2 checks."""
-    if len(sig.inputs) != 1:
-        raise InvalidArgument("Expected one input Tensor.")
-    if len(sig.outputs) not in (1, 2):
-        raise InvalidArgument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
-    if "inputs" not in sig.inputs:
-        raise InvalidArgument(
-            f"No classification inputs found in SignatureDef: {signature_debug_string(sig)}"
-        )
-    classes = "classes" if "classes" in sig.outputs else None
-    scores = "scores" if "scores" in sig.outputs else None
-    if classes is None and scores is None:
-        raise InvalidArgument(
-            'Expected classification signature outputs to contain at least one of "classes" '
-            f'or "scores". Signature was: {signature_debug_string(sig)}'
-        )
-    return "inputs", classes, scores
-
-
-def regress_io(sig: Signature) -> tuple[str, str]:
-    """(input alias "inputs", output alias "outputs"); spec 6.2 checks."""
-    if len(sig.inputs) != 1:
-        raise InvalidArgument("Expected one input Tensor.")
-    if len(sig.outputs) != 1:
-        raise InvalidArgument("Expected one output Tensor.")
-    if "inputs" not in sig.inputs:
-        raise InvalidArgument(
-            f"No regression inputs found in SignatureDef: {signature_debug_string(sig)}"
-        )
-    if "outputs" not in sig.outputs:
-        raise InvalidArgument(
-            f"No regression outputs found in SignatureDef: {signature_debug_string(sig)}"
-        )
-    return "inputs", "outputs"
-
-
-def signature_debug_string(sig: Signature) -> str:
-    """The SignatureDef in protobuf text format (TF's `signature.DebugString()`), maps sorted."""
-    lines: list[str] = []
-    for field, specs in (("inputs", sig.inputs), ("outputs", sig.outputs)):
-        for key in sorted(specs):
-            lines += [f"{field} {{", f"  key: {quote(key)}", "  value {"]
-            lines += ["    " + line for line in _tensor_info_lines(specs[key])]
-            lines += ["  }", "}"]
-    lines.append(f"method_name: {quote(sig.method_name)}")
-    return "\n".join(lines) + "\n"
-
-
-def _tensor_info_lines(spec: TensorSpec) -> list[str]:
-    lines = [f"name: {quote(spec.tensor_name)}"] if spec.tensor_name else []
-    lines += [f"dtype: {spec.dtype}", "tensor_shape {"]
-    if spec.shape is None:
-        lines.append("  unknown_rank: true")
-    for dim in spec.shape or ():
-        lines += ["  dim {", f"    size: {dim}", "  }"]
-    return [*lines, "}"]

@@ -61,7 +61,10 @@ class AdminActions:
         )
         state = await self._settle(reg, name, version, wait)
         if state is not VersionState.AVAILABLE:
-            reg.override(name, replace(reg.overrides(name), hold=before.hold))
+            # Take back only this call's hold: other calls may have changed holds meanwhile.
+            now = reg.overrides(name)
+            added = {version} - before.hold
+            reg.override(name, replace(now, hold=now.hold - added))
             raise self._load_error(reg, name, version)
         return str(state.value)
 
@@ -72,18 +75,19 @@ class AdminActions:
         if current.pin == version:
             raise FailedPrecondition(f"Version {version} of model {name} is pinned; unpin it first")
         route = reg.snapshot.models.get(name)
-        serving = set(route.versions) if route is not None else set()
-        if serving == {version} and not force:
-            raise FailedPrecondition(
-                f"Version {version} is the last version serving model {name}; "
-                "unloading it needs force=true"
-            )
-        if version not in serving and version not in reg.on_disk(name):
+        routed = set(route.versions) if route is not None else set()
+        if version not in routed and version not in reg.on_disk(name):
             raise NotFound(f"Could not find version {version} of model {name}")
-        reg.override(
-            name,
-            replace(current, hold=current.hold - {version}, exclude=current.exclude | {version}),
-        )
+        after = replace(current, hold=current.hold - {version}, exclude=current.exclude | {version})
+        # Judged by what the reconciler will do, not by the routes now: a version already being
+        # unloaded still routes for a moment, and excluding the only version the source aspires
+        # (one still loading, or failed) unloads the versions serving meanwhile too.
+        if not force and reg.keeps_serving(name, current) and not reg.keeps_serving(name, after):
+            raise FailedPrecondition(
+                f"Unloading version {version} would leave no version serving model {name}; "
+                "it needs force=true (or load or pin the version to keep first)"
+            )
+        reg.override(name, after)
 
     async def pin(self, name: str, version: int, wait: float = DEFAULT_WAIT_SECONDS) -> str:
         """Send requests without a version or label to `version` until unpinned. The version
@@ -96,10 +100,11 @@ class AdminActions:
         reg.override(name, replace(before, hold=held, exclude=before.exclude - {version}))
         state = await self._settle(reg, name, version, wait)
         now = reg.overrides(name)
+        added = held - before.hold  # this call's hold only: a load meanwhile keeps its own
         if state is not VersionState.AVAILABLE:
-            reg.override(name, replace(now, hold=before.hold))  # serving never moved
+            reg.override(name, replace(now, hold=now.hold - added))  # serving never moved
             raise self._load_error(reg, name, version)
-        reg.override(name, replace(now, pin=version, hold=now.hold - (held - before.hold)))
+        reg.override(name, replace(now, pin=version, hold=now.hold - added))
         return str(state.value)
 
     async def unpin(self, name: str) -> int | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import http_status
@@ -43,6 +45,7 @@ from app.control.traffic import Traffic
 from app.core.registry import Registry
 from app.errors import ConfigError, FailedPrecondition, HotserveError, Unavailable
 from app.settings import Settings
+from app.tracing import loggable
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ LABEL = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class VersionBody(BaseModel):
-    version: int = Field(ge=0, le=2**63 - 1, examples=[1])
+    # strict: "1" and true are not versions (lax mode would read true as version 1)
+    version: int = Field(ge=0, le=2**63 - 1, strict=True, examples=[1])
 
 
 def admin_token(settings: Settings) -> str | None:
@@ -86,12 +90,12 @@ class AdminAuth:
         self._digest = hashlib.sha256(token.encode()).digest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guarded = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        guarded = scope["type"] == "http" and _admin_path(scope)
         if guarded and not self._authorized(scope):
             log.warning(
                 "admin: refused %s %s from %s (missing or wrong token)",
                 scope["method"],
-                scope["path"],
+                loggable(scope["path"]),
                 _address(scope.get("client")),
             )
             await _send_401(send)
@@ -107,6 +111,15 @@ class AdminAuth:
             return False
         offered = hashlib.sha256(credentials.strip()).digest()
         return hmac.compare_digest(offered, self._digest)
+
+
+def _admin_path(scope: Scope) -> bool:
+    """Whether the router may route this request to an admin route. The router matches the
+    path without the ASGI `root_path` (`uvicorn --root-path /api` makes `/admin/v1/status`
+    arrive as `/api/admin/v1/status`), so the guard looks at that path too, with Starlette's
+    own function, or a root path would open the admin API to anyone."""
+    prefix = "/admin/"
+    return scope["path"].startswith(prefix) or get_route_path(scope).startswith(prefix)
 
 
 async def _send_401(send: Send) -> None:
@@ -202,14 +215,25 @@ def _read_routes(
 async def _change(
     request: Request, what: str, call: Awaitable[T], ok: Callable[[T], dict[str, Any]]
 ) -> JSONResponse:
-    """Run one change and log it with the caller's address and its outcome."""
+    """Run one change and log it with the caller's address and its outcome.
+
+    Under `--workers N` a change would reach the one worker that took the connection, and its
+    versions wait for every worker (app.workers): refused until admin actions go through the
+    supervisor. Reads (status, events) still answer, for that worker."""
     caller = _caller(request)
     try:
+        if getattr(request.app.state, "publish_gate", None) is not None:
+            if inspect.iscoroutine(call):
+                call.close()  # never started: no "was never awaited" warning
+            raise FailedPrecondition(
+                "admin changes are not available with --workers > 1 (each worker has its own"
+                " registry); change models.config or the model directories instead"
+            )
         result = await call
     except HotserveError as exc:
-        log.warning("admin: %s: %s refused: %s", caller, what, exc.message)
+        log.warning("admin: %s: %s refused: %s", caller, loggable(what), loggable(exc.message))
         return JSONResponse({"error": exc.message}, status_code=http_status(exc))
-    log.info("admin: %s: %s done", caller, what)
+    log.info("admin: %s: %s done", caller, loggable(what))
     return JSONResponse(ok(result))
 
 

@@ -175,6 +175,20 @@ class ModelState:
         self._publish()
         self._poke()
 
+    def keeps_serving(self, overrides: Overrides) -> bool:
+        """Whether some version would still serve with `overrides` in force, as the reconciler
+        decides (`_unload_unaspired`): a loaded version stays aspired, or (unless
+        resource-preserving) the loaded ones keep serving while an aspired one loads. An empty
+        aspired set unloads everything. Before the first scan: whether anything is loaded."""
+        if not self.loaded:
+            return False
+        if self._scanned is None or not self.active:
+            return True
+        aspired = overrides.aspired(self._scanned)
+        if self.loaded.keys() & aspired:
+            return True
+        return bool(aspired) and not self._options.resource_preserving
+
     def update_config(self, config: ModelConfig) -> None:
         """Labels apply now; a changed version policy applies at the next scan."""
         self.config = config

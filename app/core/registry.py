@@ -203,6 +203,11 @@ class Registry:
         overrides; its reconciler applies them. The caller checks the safety rules."""
         self._active_model(name).override(overrides)
 
+    def keeps_serving(self, name: str, overrides: Overrides) -> bool:
+        """Whether model `name` would still have a version serving with `overrides` in place
+        of its current ones (the admin API's "unloading the last version needs force")."""
+        return self._active_model(name).keeps_serving(overrides)
+
     def _active_model(self, name: str) -> ModelState:
         model = self._models.get(name)
         if model is None or not model.active:

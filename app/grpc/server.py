@@ -19,7 +19,7 @@ the event loop and model calls in the inference limiter, so it has nothing to si
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,12 @@ class GrpcServer:
         serving: Serving,
         observer: RequestObserver | None = None,
         reload: Reload | None = None,
+        shutting_down: Callable[[], bool] | None = None,
     ) -> None:
+        """`shutting_down` (read on the loop thread) turns True at SIGTERM/SIGINT; the health
+        service then answers NOT_SERVING at once, as /readyz answers 503 (app.shutdown)."""
         self.opts = opts
+        self._shutting_down = shutting_down
         self.ports: list[int] = []
         self._serving = serving
         self._observer = observer
@@ -191,10 +195,23 @@ class GrpcServer:
         log.info("gRPC serving on %s", ", ".join(self._bound()))
         task_status.started()
         try:
-            await self._stopped.wait()
+            async with anyio.create_task_group() as tg:
+                if self._health is not None and self._shutting_down is not None:
+                    tg.start_soon(self._not_serving_once_shutdown_begins, self._health)
+                await self._stopped.wait()
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    async def _not_serving_once_shutdown_begins(self, health: health.aio.HealthServicer) -> None:
+        # The signal handler may only set a flag (app.shutdown), so the flag is watched; ten
+        # reads a second cost nothing and keep the health answer within 0.1 s of /readyz's.
+        assert self._shutting_down is not None
+        while not self._shutting_down():  # noqa: ASYNC110 (a flag: see above)
+            await anyio.sleep(0.1)
+        log.info("gRPC health: NOT_SERVING (shutdown began)")
+        await health.enter_graceful_shutdown()
 
     def _bound(self) -> list[str]:
         out = [f"{self.opts.host}:{p}" for p in self.ports[: 1 if self.opts.port else 0]]

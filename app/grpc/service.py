@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import grpc
 import numpy as np
+from anyio import to_thread
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -36,6 +38,7 @@ from app.errors import HotserveError, Internal, InvalidArgument
 from app.grpc import metadata as meta
 from app.grpc import tensors
 from app.grpc.errors import grpc_message, grpc_status
+from app.serving import checks
 from app.serving.service import Serving
 from app.serving.types import Classification, ModelRef, Task
 
@@ -53,6 +56,12 @@ class RequestObserver(Protocol):
 
 
 Reload = Callable[[Any], Awaitable[None]]
+T = TypeVar("T")
+R = TypeVar("R")
+# Tensors at least this big are converted in a worker thread (REST's thresholds, RestOptions).
+OFFLOAD_BYTES = 64 * 1024
+OFFLOAD_ELEMENTS = 16 * 1024
+DECODE_THREADS = 2
 _CODES = {code.name: code.value[0] for code in grpc.StatusCode}
 
 
@@ -124,10 +133,37 @@ def fill_regression(result: Any, values: Array) -> None:
         result.regressions.add().value = v
 
 
+def _decoded_bytes(request: Any) -> int:
+    return sum(tensors.decoded_bytes(t) for t in request.inputs.values())
+
+
+def _decode(request: Any) -> dict[str, Array]:
+    return {a: tensors.to_numpy(a, t) for a, t in request.inputs.items()}
+
+
+def _encode(outputs: dict[str, Array]) -> Any:
+    response = predict_pb2.PredictResponse()
+    for alias, arr in outputs.items():
+        tensors.from_numpy(arr, response.outputs[alias])
+    return response
+
+
 class _Edge:
     def __init__(self, serving: Serving, observer: RequestObserver | None) -> None:
         self._serving = serving
         self._observer = observer
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def _offload(self, fn: Callable[[T], R], arg: T, big: bool) -> R:
+        """`fn(arg)` inline when small, else in a worker thread (at most DECODE_THREADS at
+        once), so converting a large tensor never stalls the loop that serves REST too (REST's
+        routes offload the same way). protobuf and numpy release the GIL only in places; the
+        thread still lets the loop run between them."""
+        if not big:
+            return fn(arg)
+        if self._limiter is None:  # made on first use: it needs the running loop
+            self._limiter = anyio.CapacityLimiter(DECODE_THREADS)
+        return await to_thread.run_sync(fn, arg, limiter=self._limiter)
 
     async def _answer(
         self,
@@ -167,15 +203,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             serving = self._serving
             with serving.pin(ref) as mv:
                 sig = serving.signature(mv, request.model_spec.signature_name, "predict")
-                inputs = {a: tensors.to_numpy(a, t) for a, t in request.inputs.items()}
+                inputs = await self._offload(
+                    _decode, request, _decoded_bytes(request) >= OFFLOAD_BYTES
+                )
+                checks.predict_inputs(sig, inputs)  # TF's order: the aliases, then the dtypes
+                checks.fed_dtypes(sig, inputs)
                 outputs = await serving.predict(
                     mv, sig, inputs, deadline_of(context), list(request.output_filter)
                 )
                 version = mv.id.version
-            response = predict_pb2.PredictResponse()
+            big = sum(arr.size for arr in outputs.values()) >= OFFLOAD_ELEMENTS
+            response = await self._offload(_encode, outputs, big)
             set_spec(response.model_spec, request.model_spec.name, sig.name, version)
-            for alias, arr in outputs.items():
-                tensors.from_numpy(arr, response.outputs[alias])
             return response
 
         return await self._answer(context, request.model_spec.name, "Predict", work)

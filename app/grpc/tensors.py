@@ -15,6 +15,7 @@ Pure functions over protobuf messages; any thread may call them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,12 @@ _CODECS: dict[int, tuple[np.dtype[Any], str]] = {
 }
 _ENUMS: dict[np.dtype[Any], int] = {dt: enum for enum, (dt, _) in _CODECS.items()}
 _ENUMS[np.dtype(np.float16)] = types_pb2.DT_HALF
+_INT64_MAX = 2**63 - 1
+# No tensor decodes to more bytes than the largest message hotserve accepts (gRPC's receive
+# limit, lifted to 2^31-1 as TF Serving does): short forms may not expand past what could be
+# sent explicitly. (Strings count their 8-byte object pointers.)
+MAX_TENSOR_BYTES = 2**31 - 1
+_ENCODE_SLICE = 64 * 1024
 _KNOWN = frozenset(v.number for v in types_pb2.DataType.DESCRIPTOR.values)
 
 
@@ -62,11 +69,23 @@ def to_numpy(alias: str, proto: Any) -> Array:
     if shape_proto.unknown_rank or any(d.size < 0 for d in shape_proto.dim):
         raise InvalidArgument(f"tensor parsing error: {alias}")
     shape = tuple(d.size for d in shape_proto.dim)
-    count = int(np.prod(shape, dtype=np.int64))
-    if proto.tensor_content and dtype.kind != "O":
-        if len(proto.tensor_content) != count * dtype.itemsize:
+    # Python ints: np.prod in int64 wraps (2^62 * 4 == 0). TF's TensorShape refuses a shape
+    # whose element count overflows int64 (tensor_shape.cc, MultiplyWithoutOverflow).
+    count = math.prod(shape)
+    if count > _INT64_MAX:
+        raise InvalidArgument(f"tensor parsing error: {alias}")
+    if count * dtype.itemsize > MAX_TENSOR_BYTES:
+        # TF would allocate whatever the shape claims; a few bytes of short form could then
+        # cost gigabytes here (and many more as Python objects when encoding the answer).
+        raise InvalidArgument(
+            f"tensor parsing error: {alias}: {count} {dtype.name} elements exceed the 2 GiB "
+            "a gRPC message can carry"
+        )
+    content = proto.tensor_content  # read once: each read of a bytes field is a fresh copy
+    if content and dtype.kind != "O":
+        if len(content) != count * dtype.itemsize:
             raise InvalidArgument(f"tensor parsing error: {alias}")
-        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
+        return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = _values(proto, dtype, field)
     n = len(values)
     if n > count:
@@ -79,6 +98,16 @@ def to_numpy(alias: str, proto: Any) -> Array:
     out[:n] = values
     out[n:] = values[-1]  # TF repeats the last value to fill the shape
     return out.reshape(shape)
+
+
+def decoded_bytes(proto: Any) -> int:
+    """About how many bytes `to_numpy(proto)` makes (the shape's element count times the item
+    size; 0 for shapes it will refuse): cheap, to decide whether decoding leaves the loop."""
+    codec = _CODECS.get(proto.dtype)
+    dims: list[int] = [d.size for d in proto.tensor_shape.dim]
+    if codec is None or any(d < 0 for d in dims):
+        return 0
+    return math.prod(dims) * int(codec[0].itemsize)
 
 
 def _values(proto: Any, dtype: np.dtype[Any], field: str) -> Array:
@@ -113,12 +142,16 @@ def from_numpy(arr: Array, proto: Any) -> None:
     flat = arr.ravel()
     if arr.dtype.kind == "O":
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
-    elif field == "half_val":
-        proto.half_val.extend(flat.view(np.uint16).tolist())
+        return
+    if field == "half_val":
+        flat = flat.view(np.uint16)
     elif arr.dtype.kind == "c":
-        getattr(proto, field).extend(flat.view(flat.real.dtype).tolist())
-    else:
-        getattr(proto, field).extend(flat.tolist())
+        flat = flat.view(flat.real.dtype)
+    out = getattr(proto, field)
+    # In slices: one tolist() of 10^8 values is gigabytes of Python floats and one long C call
+    # holding the GIL; slices keep both small (the field itself stores packed scalars).
+    for start in range(0, flat.size, _ENCODE_SLICE):
+        out.extend(flat[start : start + _ENCODE_SLICE].tolist())
 
 
 def new_tensor() -> Any:

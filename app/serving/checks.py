@@ -96,6 +96,24 @@ def predict_inputs(sig: Signature, inputs: Mapping[str, Any]) -> None:
         )
 
 
+def fed_dtypes(sig: Signature, inputs: Mapping[str, Array]) -> None:
+    """Typed inputs (gRPC TensorProtos) against the signature's dtypes, as TensorFlow's call frame
+    checks a feed (FunctionCallFrame::SetArgs): INVALID_ARGUMENT "Expects arg[i] to be float but
+    double is provided", i counting the signature's inputs in alias order. Not for REST, whose
+    JSON numbers carry no dtype (they are cast). Strings are left to the model: a signature may
+    declare a dtype its string placeholder does not have (half_plus_three's regress input)."""
+    for i, alias in enumerate(sorted(sig.inputs)):
+        arr = inputs.get(alias)
+        declared = sig.inputs[alias].dtype
+        if arr is None or arr.dtype.kind in "OSU" or declared == "DT_STRING":
+            continue
+        sent = tf_name(arr.dtype)
+        if sent != declared:
+            raise InvalidArgument(
+                f"Expects arg[{i}] to be {declared[3:].lower()} but {sent[3:].lower()} is provided"
+            )
+
+
 def output_filter(sig: Signature, aliases: Sequence[str]) -> list[str]:
     """The filtered output aliases, in request order (empty: every output)."""
     seen: list[str] = []

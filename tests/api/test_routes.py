@@ -396,6 +396,8 @@ async def test_tf2_metadata_has_init_op(client: httpx.AsyncClient) -> None:
             b'{"signature_name": "nope", "instances": [1.0]}',
             'Serving signature name: "nope" not found',
         ),
+        # A lone surrogate escape: refused at parse time, as rapidjson does.
+        (b'{"signature_name": "\\udfff", "instances": [1.0]}', "surrogate pair in string"),
     ],
 )
 async def test_predict_bad_input(client: httpx.AsyncClient, body: bytes, fragment: str) -> None:

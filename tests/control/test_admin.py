@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,6 +58,16 @@ async def _until(condition: object, timeout: float = 60) -> None:
             await anyio.sleep(0.05)
 
 
+async def _until_failed(app: FastAPI, version: int) -> None:
+    """Until `version` of model m ended (a broken version gave up loading)."""
+
+    async def ended() -> bool:
+        statuses = {s.version: s for s in app.state.registry.status("m")}
+        return version in statuses and statuses[version].state.value == "END"
+
+    await _until(ended)
+
+
 # ---- security ---------------------------------------------------------------------------
 
 
@@ -102,6 +113,23 @@ async def test_two_authorization_headers_are_refused(
     assert r.status_code == 401
 
 
+async def test_a_root_path_does_not_open_the_admin_api(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """Behind `uvicorn --root-path /api` a request for /admin/v1/... arrives with the root path
+    in front; the router strips it, so the guard must too."""
+    app, _, _ = served
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://hotserve") as client:
+        r = await client.get("/api/admin/v1/status")
+        assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
+        r = await client.post("/api/admin/v1/models/m/versions/2/unload?force=true")
+        assert r.status_code == 401
+        r = await client.get("/api/admin/v1/status", headers=AUTH)
+        assert r.status_code == 200 and r.json()["models"][0]["name"] == "m"
+    assert app.state.registry.snapshot.models["m"].latest.id.version == 2  # nothing changed
+
+
 async def test_admin_api_is_off_without_a_token(version_library: Path, tmp_path: Path) -> None:
     base = tmp_path / "m"
     base.mkdir()
@@ -136,6 +164,31 @@ async def test_the_admin_routes_are_in_the_openapi_page_with_bearer_auth(
     assert "/admin/v1/models/{name}/pin" in admin and "/admin/v1/config/reload" in admin
     assert not [p for p in admin if p.startswith("/v1")]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize("body", [b'{"version": "1"}', b'{"version": true}', b'{"version": -1}'])
+async def test_a_version_body_must_be_a_whole_number(
+    served: tuple[FastAPI, httpx.AsyncClient, Path], body: bytes
+) -> None:
+    _, client, _ = served
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = await client.put("/admin/v1/models/m/pin", headers=headers, content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Invalid request: body.version: ")
+    doc = (await client.get("/admin/v1/models/m", headers=AUTH)).json()
+    assert doc["pinned_version"] is None
+
+
+async def test_validation_errors_do_not_echo_the_input(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    _, client, _ = served
+    long_label = "x" * 300
+    r = await client.delete(f"/admin/v1/models/m/labels/{long_label}", headers=AUTH)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error == "Invalid request: path.label: String should have at most 256 characters"
+    assert long_label not in error
 
 
 # ---- listing ------------------------------------------------------------------------------
@@ -190,12 +243,7 @@ async def test_a_pin_to_a_version_that_fails_to_load_leaves_serving_untouched(
 ) -> None:
     app, client, base = served
     broken(base, 7)
-
-    async def seven_failed() -> bool:
-        statuses = {s.version: s for s in app.state.registry.status("m")}
-        return 7 in statuses and statuses[7].state.value == "END"
-
-    await _until(seven_failed)
+    await _until_failed(app, 7)
     caplog.set_level(logging.INFO, logger="app.control.admin")
     r = await client.put("/admin/v1/models/m/pin", headers=AUTH, json={"version": 7})
     assert r.status_code == 400 and "failed to load" in r.json()["error"]
@@ -268,6 +316,52 @@ async def test_unloading_the_last_serving_version_needs_force(
     assert r.status_code == 200 and await _served_version(client) == 2
 
 
+async def test_unloading_every_version_at_once_still_needs_force(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """A version being unloaded (UNLOADING, or excluded but not yet taken out of the routes)
+    does not count as serving: two unloads sent together cannot empty the model without
+    force."""
+    app, client, _ = served
+    r = await client.post("/admin/v1/models/m/versions/1/load", headers=AUTH)
+    assert r.status_code == 200
+    for _ in range(3):
+        answers = await asyncio.gather(
+            client.post("/admin/v1/models/m/versions/1/unload", headers=AUTH),
+            client.post("/admin/v1/models/m/versions/2/unload", headers=AUTH),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
+        assert "force" in next(a for a in answers if a.status_code == 400).json()["error"]
+        assert app.state.registry.snapshot.models["m"].versions  # something still serves
+        assert await _served_version(client) in (1, 2)
+        for v in (1, 2):  # serve both again for the next round
+            r = await client.post(f"/admin/v1/models/m/versions/{v}/load", headers=AUTH)
+            assert r.status_code == 200, r.text
+
+
+async def test_unloading_a_failed_newer_version_does_not_take_the_serving_one_down(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    """Policy latest: a broken version 3 is the only aspired version, 2 serves meanwhile.
+    Excluding 3 would empty the aspired set and unload 2 as well, so it needs force; holding 2
+    first (admin load) makes it safe."""
+    app, client, base = served
+    broken(base, 3)
+    await _until_failed(app, 3)
+    assert await _served_version(client) == 2
+    r = await client.post("/admin/v1/models/m/versions/3/unload", headers=AUTH)
+    assert r.status_code == 400 and "force" in r.json()["error"], r.text
+    assert await _served_version(client) == 2
+    r = await client.post("/admin/v1/models/m/versions/2/load", headers=AUTH)
+    assert r.status_code == 200
+    r = await client.post("/admin/v1/models/m/versions/3/unload", headers=AUTH)
+    assert r.status_code == 200, r.text
+    doc = (await client.get("/admin/v1/models/m", headers=AUTH)).json()
+    assert doc["overrides"]["excluded"] == [3]
+    assert await _served_version(client) == 2
+    assert set(app.state.registry.snapshot.models["m"].versions) == {2}
+
+
 async def test_reload_config_without_a_config_file_is_refused(
     served: tuple[FastAPI, httpx.AsyncClient, Path],
 ) -> None:
@@ -305,3 +399,15 @@ async def test_reload_config_now_applies_a_changed_models_config(
         assert r.status_code == 400 and "kept the previous one" in r.json()["error"]
         assert str(tmp_path) not in r.json()["error"]
         assert await _served_version(client, "/v1/models/b:predict") == 1
+
+
+async def test_changes_are_refused_under_workers_while_reads_answer(
+    served: tuple[FastAPI, httpx.AsyncClient, Path],
+) -> None:
+    app, client, _ = served
+    app.state.publish_gate = object()  # what app.worker sets in each --workers process
+    r = await client.put("/admin/v1/models/m/pin", headers=AUTH, json={"version": 1})
+    assert r.status_code == 400
+    assert "not available with --workers > 1" in r.json()["error"]
+    assert (await client.get("/admin/v1/status", headers=AUTH)).status_code == 200
+    assert await _served_version(client) == 2  # nothing changed

@@ -46,6 +46,14 @@ def _clients(url: str, n: int, stop: threading.Event, out: list[Answer]) -> list
     return threads
 
 
+def _answered_since(answers: list[Answer], since: float, n: int, timeout: float = 60) -> None:
+    """Wait until `n` requests sent after `since` were answered (successfully or not)."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for a in list(answers) if a.sent > since) < n:
+        assert time.monotonic() < deadline, "no traffic"
+        time.sleep(0.02)
+
+
 def test_pins_and_rollbacks_under_load_lose_nothing(version_library: Path, tmp_path: Path) -> None:
     base = tmp_path / "m"
     base.mkdir()
@@ -61,16 +69,18 @@ def test_pins_and_rollbacks_under_load_lose_nothing(version_library: Path, tmp_p
     steps: list[tuple[float, float, int]] = []  # (change sent, answered, version now serving)
     try:
         with httpx.Client(base_url=srv.url, headers=AUTH, timeout=120) as admin:
+            since = time.monotonic()
             for pin in (1, 2, None, 1, None, 2, 1, None):
-                time.sleep(0.3)
+                _answered_since(answers, since, 20)  # traffic on the default now serving
                 asked = time.monotonic()
                 if pin is None:
                     r = admin.delete("/admin/v1/models/m/pin")
                 else:
                     r = admin.put("/admin/v1/models/m/pin", json={"version": pin})
                 assert r.status_code == 200, r.text
-                steps.append((asked, time.monotonic(), pin or 3))
-            time.sleep(0.3)
+                since = time.monotonic()
+                steps.append((asked, since, pin or 3))
+            _answered_since(answers, since, 20)
             events = admin.get("/admin/v1/events", params={"model": "m"}).json()["events"]
     finally:
         stop.set()

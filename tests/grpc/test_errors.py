@@ -251,3 +251,66 @@ def test_full_queue_is_unavailable(slow: Any) -> None:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 assert "queue to which this task was submitted is full" in exc.details()
     assert grpc.StatusCode.OK in codes and grpc.StatusCode.UNAVAILABLE in codes, codes
+
+
+def test_an_input_of_another_dtype_is_refused_as_tensorflow_refuses_it(demo: GrpcServer) -> None:
+    """TF Serving feeds the request's tensor as sent; TensorFlow's call frame refuses a dtype
+    other than the placeholder's: INVALID_ARGUMENT "Expects arg[0] to be float but double is
+    provided" (a float64 numpy array through tf.make_tensor_proto is the common case).
+    hotserve must not cast it silently (REST casts: JSON numbers carry no dtype)."""
+    p = demo.predict.Predict
+    for sent, name in ((np.array([1.0]), "double"), (np.array([1, 2], np.int32), "int32")):
+        assert code_of(lambda sent=sent: p(predict(x=sent), timeout=10)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Expects arg[0] to be float but {name} is provided",
+        )
+
+
+def test_big_tensors_are_converted_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop serves REST and every other gRPC call: a request whose tensors decode to 64 KiB
+    or more, or whose outputs hold 16 Ki values or more, converts them in a worker thread (a
+    10^8-element request held the loop for 11 s before); small ones stay inline (no hop)."""
+    import asyncio
+
+    from app.grpc import service
+
+    seen: list[tuple[str, bool]] = []
+
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def decode(request: Any) -> Any:
+        seen.append(("decode", on_loop()))
+        return real_decode(request)
+
+    def encode(outputs: Any) -> Any:
+        seen.append(("encode", on_loop()))
+        return real_encode(outputs)
+
+    real_decode, real_encode = service._decode, service._encode
+    monkeypatch.setattr(service, "_decode", decode)
+    monkeypatch.setattr(service, "_encode", encode)
+    base = tmp_path / "fast"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"fake")
+    port = free_port()
+    settings = Settings(model_name="fast", model_base_path=str(base), host="127.0.0.1", port=port)
+    with (
+        threaded_server(create_app(settings, loader=SlowLoader(0.0))),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        small = stub.Predict(predict("fast", x=np.array([1.0], np.float32)), timeout=30)
+        assert tf.make_ndarray(small.outputs["y"]).tolist() == [2.0]
+        assert seen == [("decode", True), ("encode", True)]
+        seen.clear()
+        xs = np.linspace(0.5, 1.5, 256 * 1024, dtype=np.float32)  # 1 MiB in, 256 Ki out
+        big = stub.Predict(predict("fast", x=xs), timeout=30)
+        np.testing.assert_array_equal(tf.make_ndarray(big.outputs["y"]), xs * 2)
+        assert seen == [("decode", False), ("encode", False)]

@@ -5,7 +5,9 @@ metrics under entrypoint="GRPC", and start/stop with the app's lifespan."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -106,6 +108,37 @@ def test_unix_socket_and_health_service(tmp_path: Path) -> None:
     # Stopped by the lifespan, in order, before the models were unloaded.
     log = server.proc.log()
     assert log.index("gRPC server stopped") < log.rindex("UNLOADING")
+
+
+def test_health_turns_not_serving_at_the_signal_while_the_grace_still_serves(
+    tmp_path: Path,
+) -> None:
+    server = start(
+        [
+            f"--model_config_file={demo_config(tmp_path)}",
+            "--enable_grpc_healthcheck_service=true",
+            "--shutdown_grace_seconds=5",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        check = health_pb2.HealthCheckRequest(service="")
+        assert health.Check(check, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert server.proc.proc is not None
+        server.proc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 4  # inside the 5 s grace: the server still answers
+        status = health_pb2.HealthCheckResponse.SERVING
+        while status == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            status = health.Check(check, timeout=5).status
+            time.sleep(0.02)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # ...while predictions are still served during the grace, as REST is.
+        out = server.predict.Predict(half_plus_two([2.0]), timeout=10)
+        assert tf.make_ndarray(out.outputs["y"]).tolist() == [4.0]
+    finally:
+        stop(server)
+    assert "gRPC health: NOT_SERVING (shutdown began)" in server.proc.log()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")

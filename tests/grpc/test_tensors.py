@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -85,3 +87,54 @@ def test_inconsistent_protos_are_tensor_parsing_errors(proto: tensor_pb2.TensorP
 def test_unsupported_dtype() -> None:
     with pytest.raises(Unimplemented):
         to_numpy("q", tensor_pb2.TensorProto(dtype=types_pb2.DT_QINT8))
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [[2**40, 2**40], [2**62, 4], [2**63 - 1, 2]],
+    ids=["2^80", "2^64-wraps-to-0", "past-int64"],
+)
+def test_shapes_past_int64_are_tensor_parsing_errors(dims: list[int]) -> None:
+    """TF's TensorShape rejects a shape whose element count overflows int64; the count must
+    not wrap around (2^62 * 4 is 0 in int64) into an allocation or a numpy error."""
+    for values in ([], [1.0]):
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+        for size in dims:
+            proto.tensor_shape.dim.add().size = size
+        with pytest.raises(InvalidArgument, match=r"^tensor parsing error: x$"):
+            to_numpy("x", proto)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "dims"),
+    [
+        (types_pb2.DT_FLOAT, [10**9]),
+        (types_pb2.DT_FLOAT, [2**31, 2**31]),
+        (types_pb2.DT_STRING, [2**28 + 1]),
+        (types_pb2.DT_DOUBLE, [2**40]),
+    ],
+    ids=["1e9-float", "2^62-float", "2^28-strings", "2^40-double"],
+)
+def test_short_forms_cannot_expand_past_a_message(dtype: int, dims: list[int]) -> None:
+    """A 40-byte proto whose shape claims 10^9 elements must not allocate gigabytes (or hit
+    numpy's "array is too big" as an INTERNAL): no tensor decodes to more than the 2 GiB a
+    gRPC message may carry."""
+    for values in ({}, {"string_val": [b"a"]} if dtype == types_pb2.DT_STRING else {}):
+        proto = tensor_pb2.TensorProto(dtype=dtype, **values)
+        for size in dims:
+            proto.tensor_shape.dim.add().size = size
+        with pytest.raises(InvalidArgument, match=r"^tensor parsing error: x: .* 2 GiB"):
+            to_numpy("x", proto)
+    one = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    one.tensor_shape.dim.add().size = 10**9
+    with pytest.raises(InvalidArgument, match=r"2 GiB"):
+        to_numpy("x", one)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.complex64, np.int64])
+def test_outputs_longer_than_one_encode_slice(dtype: Any) -> None:
+    """from_numpy writes big outputs in slices; every value lands once, in order."""
+    arr = (np.arange(3 * 64 * 1024 + 5) % 1000).astype(dtype).reshape(-1, 1)
+    proto = tensor_pb2.TensorProto()
+    from_numpy(arr, proto)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), arr)

@@ -21,6 +21,7 @@ import pytest
 from tests.harness import REPO, ServerProcess, free_port
 
 HALF_PLUS_TWO = REPO / "models" / "half_plus_two"
+ADMIN_TOKEN = "shutdown-admin-token-0123456789"
 
 
 @dataclass
@@ -141,6 +142,7 @@ def _slow_server(
         "HOTSERVE_HOST": "127.0.0.1",
         "SLOW_MODEL_DELAY": str(delay),
         "SLOW_MODEL_LOAD_DELAY": str(load_delay),
+        "HOTSERVE_ADMIN_TOKEN": ADMIN_TOKEN,  # for `_in_flight`
     }
     cmd = [
         sys.executable, "-m", "tests.integration.slow_cli", f"--rest_api_port={port}",
@@ -161,6 +163,13 @@ def _slow_server(
                 proc.wait()
 
 
+def _in_flight(url: str) -> int:
+    """Requests holding the slow model's version now (the admin API's listing)."""
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    doc = httpx.get(url + "/admin/v1/models/slow", headers=auth, timeout=5).json()
+    return sum(int(v["in_flight"]) for v in doc["versions"])
+
+
 def _stuck_request(url: str) -> threading.Thread:
     def call() -> None:
         with contextlib.suppress(httpx.HTTPError):  # the server is made to give up on it
@@ -176,7 +185,7 @@ def test_the_exit_budget_holds_while_a_request_never_finishes(tmp_path: Path) ->
     flags = (f"--shutdown_timeout_seconds={budget}", "--drain_timeout_seconds=60")
     with _slow_server(tmp_path, 60.0, *flags) as (proc, url):
         _stuck_request(url)
-        time.sleep(0.5)  # let the request reach the model (it then sleeps 60 s there)
+        _wait(lambda: _in_flight(url) == 1, 10)  # it reached the model (and sleeps 60 s there)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(budget + 10)
