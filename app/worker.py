@@ -181,7 +181,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("flags", nargs="*")
     ns = parser.parse_args(argv)
     settings = parse_args(ns.flags)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     listener = socket.socket(fileno=ns.listen_fd)
     control = socket.socket(fileno=ns.control_fd)
     app = build_app_or_fail(settings)
