@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.harness import REPO
@@ -47,3 +48,19 @@ def version_of(predictions: list[float], xs: list[float]) -> int:
     bias = biases.pop()
     assert bias == int(bias), predictions
     return int(bias)
+
+
+async def predict_version(
+    c: httpx.AsyncClient, url: str, xs: list[float], failures: list[str]
+) -> int | None:
+    """POST `xs` as `instances` to `url`: the version that answered, or None after recording in
+    `failures` why the request failed (a transport error, or a non-200 answer and its body)."""
+    try:
+        r = await c.post(url, json={"instances": xs})
+    except httpx.HTTPError as exc:
+        failures.append(repr(exc))
+        return None
+    if r.status_code != 200:
+        failures.append(f"{r.status_code} {r.text}")
+        return None
+    return version_of(r.json()["predictions"], xs)

@@ -15,7 +15,7 @@ import pytest
 
 from app.publish import publish
 from tests.harness import ServerProcess
-from tests.integration.conftest import version_of
+from tests.integration.conftest import predict_version, version_of
 
 XS = [1.0, 2.0, 3.0]
 ENV = {
@@ -36,18 +36,11 @@ class Load:
     stop: bool = False
 
     async def client(self, c: httpx.AsyncClient) -> None:
-        body = {"instances": XS}
         while not self.stop:
             sent = time.monotonic()
-            try:
-                r = await c.post(self.url, json=body)
-            except httpx.HTTPError as exc:
-                self.failures.append(repr(exc))
-                continue
-            if r.status_code != 200:
-                self.failures.append(f"{r.status_code} {r.text}")
-                continue
-            self.results.append((sent, time.monotonic(), version_of(r.json()["predictions"], XS)))
+            version = await predict_version(c, self.url, XS, self.failures)
+            if version is not None:
+                self.results.append((sent, time.monotonic(), version))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from app.lifespan import load_options
 from app.publish import publish
 from app.settings import Settings
 from tests.harness import ServerProcess, models_config
-from tests.integration.conftest import version_of
+from tests.integration.conftest import predict_version
 
 # Two trainings of one model whose graph changed (the field report of tensorflow/serving#197):
 # v1 serving_default takes `x` (y = 2x); v2 takes `features` and adds an output `confidence`.
@@ -171,15 +171,9 @@ async def test_a_broken_version_never_holds_up_the_good_one_after_it(
     async def client(c: httpx.AsyncClient, url: str) -> None:
         while not stop.is_set():
             sent = time.monotonic()
-            try:
-                r = await c.post(url, json={"instances": XS})
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-                continue
-            if r.status_code != 200:
-                failures.append(f"{r.status_code} {r.text}")
-                continue
-            answers.append((sent, time.monotonic(), version_of(r.json()["predictions"], XS)))
+            version = await predict_version(c, url, XS, failures)
+            if version is not None:
+                answers.append((sent, time.monotonic(), version))
 
     flags = ("--model_name=hs", f"--model_base_path={base}")
     with serving(tmp_path / "server.log", *flags) as url:

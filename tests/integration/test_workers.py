@@ -23,7 +23,7 @@ from app.metrics_merge import merge_expositions
 from app.publish import publish
 from app.settings import Settings
 from tests.harness import ServerProcess
-from tests.integration.conftest import version_of
+from tests.integration.conftest import predict_version, version_of
 
 XS = [1.0, 2.0]
 
@@ -237,15 +237,9 @@ class NewConnectionClients:
         async with httpx.AsyncClient(timeout=30, limits=limits) as c:
             while not self.stop:
                 sent = time.time()
-                try:
-                    r = await c.post(self.url, json={"instances": XS})
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                if r.status_code != 200:
-                    self.failures.append(f"{r.status_code} {r.text}")
-                    continue
-                timeline.append((sent, version_of(r.json()["predictions"], XS)))
+                version = await predict_version(c, self.url, XS, self.failures)
+                if version is not None:
+                    timeline.append((sent, version))
 
 
 _SKEW = re.compile(

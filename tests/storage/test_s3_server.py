@@ -10,7 +10,7 @@ import anyio
 import httpx
 
 from tests.harness import ServerProcess
-from tests.integration.conftest import version_of
+from tests.integration.conftest import predict_version
 from tests.storage.conftest import S3
 
 XS = [1.0, 2.0, 3.0]
@@ -31,17 +31,10 @@ class Load:
         self.timelines.append(timeline)
         while not self.stop:
             sent = time.monotonic()
-            try:
-                r = await c.post(self.url, json={"instances": XS})
-            except httpx.HTTPError as exc:
-                self.failures.append(repr(exc))
-                continue
-            if r.status_code != 200:
-                self.failures.append(f"{r.status_code} {r.text}")
-                continue
-            version = version_of(r.json()["predictions"], XS)
-            self.seen.append((sent, version))
-            timeline.append(version)
+            version = await predict_version(c, self.url, XS, self.failures)
+            if version is not None:
+                self.seen.append((sent, version))
+                timeline.append(version)
 
     async def wait_for(self, version: int, timeout: float = 90.0) -> float:
         """Wait (polling the answers) until `version` answers; return when it first did."""
