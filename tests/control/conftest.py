@@ -50,9 +50,3 @@ def broken(base: Path, version: int) -> None:
     path = base / str(version)
     path.mkdir(parents=True)
     (path / "saved_model.pb").write_bytes(b"not a SavedModel")
-
-
-def answer_version(prediction: float, x: float) -> int:
-    bias = round(prediction - 0.5 * x, 3)
-    assert bias == int(bias), prediction
-    return int(bias)

@@ -16,8 +16,9 @@ from app.cli import UsageError, parse_flags
 from app.control.admin import admin_token
 from app.errors import ConfigError
 from app.settings import Settings
-from tests.control.conftest import TOKEN, answer_version, broken, publish
+from tests.control.conftest import TOKEN, broken, publish
 from tests.harness import models_config, running_app
+from tests.integration.conftest import version_of
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -49,7 +50,7 @@ async def served(
 async def _served_version(client: httpx.AsyncClient, path: str = "/v1/models/m:predict") -> int:
     r = await client.post(path, json={"instances": [4.0]})
     assert r.status_code == 200, r.text
-    return answer_version(r.json()["predictions"][0], 4.0)
+    return version_of(r.json()["predictions"], [4.0])
 
 
 async def _until(condition: object, timeout: float = 60) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.control.conftest import TOKEN, answer_version, publish
+from tests.control.conftest import TOKEN, publish
 from tests.harness import ServerProcess
+from tests.integration.conftest import version_of
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -33,7 +34,7 @@ def _clients(url: str, n: int, stop: threading.Event, out: list[Answer]) -> list
                 try:
                     r = client.post(url + "/v1/models/m:predict", json={"instances": [x]})
                     if r.status_code == 200:
-                        version = answer_version(r.json()["predictions"][0], x)
+                        version = version_of(r.json()["predictions"], [x])
                         out.append(Answer(sent, version, done=time.monotonic()))
                     else:
                         out.append(Answer(sent, None, f"{r.status_code} {r.text[:100]}"))
