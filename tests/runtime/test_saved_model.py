@@ -525,3 +525,32 @@ def test_load_wrong_tags(testdata: Path) -> None:
         SavedModelLoader(tags=("gpu",)).load(testdata / CPU)
     assert info.value.code == "NOT_FOUND"
     assert "gpu" in info.value.message
+
+
+def test_load_time_session_runs_execute_in_the_calling_thread() -> None:
+    """The restore and init ops of a load run with inter_op_thread_pool=-1 (the loading
+    thread), never in TensorFlow's process-wide inter-op pool that serving calls queue on;
+    any options the loader passes are kept."""
+    from tensorflow.core.protobuf import config_pb2
+
+    from app.runtime.saved_model import InlineRuns
+
+    class Recorder:
+        graph = "the graph"
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, object, config_pb2.RunOptions, object]] = []
+
+        def run(self, fetches: object, feed: object, options: object, meta: object) -> str:
+            assert isinstance(options, config_pb2.RunOptions)
+            self.calls.append((fetches, feed, options, meta))
+            return "ran"
+
+    session = Recorder()
+    inline = InlineRuns(session)
+    assert inline.graph == "the graph"
+    assert inline.run("restore", {"f": 1}) == "ran"
+    inline.run(["init"], feed_dict=None, options=config_pb2.RunOptions(timeout_in_ms=5))
+    (f1, d1, o1, _), (f2, _, o2, _) = session.calls
+    assert (f1, d1, o1.inter_op_thread_pool) == ("restore", {"f": 1}, -1)
+    assert (f2, o2.inter_op_thread_pool, o2.timeout_in_ms) == (["init"], -1, 5)
