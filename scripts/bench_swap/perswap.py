@@ -304,6 +304,16 @@ def swap_record(r: Requests, s: Swap, one_version_kib: int) -> dict[str, Any]:
             last_old = float(answered[old_idx[-1]])
     p99_swap, p99_steady = _pct(sw_lat, 99), _pct(st_lat, 99)
     t, o = s.times, s.old_times
+    # p99 of the answers that arrived in each stage of the swap (server-logged boundaries).
+    stages = {}
+    bounds = [w0, t.loading_at, t.available_at, o.end_at, w1]
+    names = ("detect", "load", "switch_unload", "tail")
+    for name, a, b in zip(names, bounds[:-1], bounds[1:], strict=True):
+        if a is None or b is None:
+            continue
+        lat = r.latency[ok & (answered >= a) & (answered < b)]
+        stages[f"p99_{name}_ms"] = _ms(_pct(lat, 99))
+        stages[f"n_{name}"] = int(lat.size)
     return {
         "version": s.version,
         "window_s": round(w1 - w0, 3),
@@ -343,6 +353,7 @@ def swap_record(r: Requests, s: Swap, one_version_kib: int) -> dict[str, Any]:
         "available_logged_ms": _rel(t.available_at, w0),
         "old_unloading_logged_ms": _rel(o.unloading_at, w0),
         "old_end_logged_ms": _rel(o.end_at, w0),
+        **stages,
         "rss_mib": round(s.rss_kib / 1024, 1),
         "rss_vs_one_version": round(s.rss_kib / one_version_kib - 1, 4),
     }
@@ -436,6 +447,7 @@ _SWAP_COLUMNS = (
     ("load+warmup s", "load_warmup_s", "{:.2f}"),
     ("first new p50/max ms", None, ""),
     ("last old p50/max ms", None, ""),
+    ("p99 by stage: detect / load / switch+unload / tail ms", None, ""),
     ("fail", "failures_swap", "{}"),
     ("RSS vs one", "rss_vs_one_version", "{:+.1%}"),
 )
@@ -467,6 +479,13 @@ def swap_rows(res: dict[str, Any]) -> list[str]:
                 cells.append(_pair(x, "p50_swap_ms", "p50_steady_ms"))
             elif title.startswith("p99"):
                 cells.append(_pair(x, "p99_swap_ms", "p99_steady_ms"))
+            elif title.startswith("p99 by stage"):
+                cells.append(
+                    " / ".join(
+                        _fmt("{:.1f}", x.get(f"p99_{n}_ms"))
+                        for n in ("detect", "load", "switch_unload", "tail")
+                    )
+                )
             elif title.startswith("first new"):
                 cells.append(_pair(x, "first_new_p50_ms", "first_new_max_ms"))
             else:
