@@ -128,5 +128,3 @@ def test_warmup_off_warms_no_batch_size() -> None:
 
     anyio.run(main)
     assert servable.warm_calls == []
-
-
