@@ -146,13 +146,17 @@ class RolloutTable:
 
     # ---- verbs ----------------------------------------------------------------------------
 
-    def start(self, rollout: Rollout, source: str = "admin") -> Rollout:
+    def start(
+        self, rollout: Rollout, source: str = "admin", *, stable_loading: bool = False
+    ) -> Rollout:
         """Start a rollout, or change the model's active one live (weight, steps, thresholds...).
 
         Checks: the model is configured and both versions exist (NotFound), they differ and the
         weights are in [0, 1] (InvalidArgument), stable is AVAILABLE (FailedPrecondition: the
-        default route goes there). The canary only has to be on disk: the rollout loads it,
-        and it takes its share once AVAILABLE."""
+        default route goes there) unless `stable_loading` (the rollout file: at startup no
+        version is loaded yet; until stable is, the default route goes to the canary). The
+        canary only has to be on disk: the rollout loads it, and it takes its share once
+        AVAILABLE."""
         _check_values(rollout)
         reg = self._registry()
         name = rollout.model
@@ -161,7 +165,8 @@ class RolloutTable:
         route = reg.snapshot.models.get(name)
         old = self.active(name)
         changing = old is not None and (old.stable, old.canary) == (rollout.stable, rollout.canary)
-        if not changing and (route is None or rollout.stable not in route.versions):
+        serving = route is not None and rollout.stable in route.versions
+        if not (changing or serving or stable_loading):
             raise FailedPrecondition(
                 f"Version {rollout.stable} of model {name} is not AVAILABLE; "
                 "a rollout's stable version must be serving"
@@ -170,7 +175,9 @@ class RolloutTable:
             raise InvalidArgument("A rollout starts in phase shadow, canary or paused")
         return self._apply(rollout, "change" if changing else "start", source)
 
-    def apply(self, model: str, body: RolloutBody, source: str = "admin") -> Rollout:
+    def apply(
+        self, model: str, body: RolloutBody, source: str = "admin", *, stable_loading: bool = False
+    ) -> Rollout:
         """A file entry or admin PUT body: versions/labels resolved, then `start` (or a live
         change of the active rollout with the same arms), or `promote` / `rollback` when its
         phase says so (a no-op when the rollout already ended that way)."""
@@ -194,7 +201,8 @@ class RolloutTable:
             if phase is Phase.PROMOTED:
                 return self.promote(model, body.reason or f"promoted by {source}", source)
             return self.rollback(model, body.reason or f"rolled back by {source}", source)
-        return self.start(to_rollout(model, body, stable, canary), source)
+        rollout = to_rollout(model, body, stable, canary)
+        return self.start(rollout, source, stable_loading=stable_loading)
 
     def set_weight(self, model: str, weight: float, reason: str = "", source: str = "") -> Rollout:
         """Move the canary's share of the default route (a step); phase becomes CANARY (from
