@@ -4,6 +4,7 @@ file keeps the previous rollouts), over a real Registry and the scripted fake lo
 from __future__ import annotations
 
 import logging
+import tomllib
 from pathlib import Path
 
 import orjson
@@ -128,3 +129,13 @@ async def test_the_file_applies_live_and_a_bad_file_keeps_the_previous_rollouts(
         write({"models": {}})  # the entry removed: the table forgets the rollout
         await source.read_once()
         assert table.get("m") is None
+
+
+def test_the_readme_example_parses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```toml\n# rollouts.toml") + len("```toml\n")
+    text = readme[start : readme.index("```", start)]
+    parsed = parse_document(tomllib.loads(text))
+    body = parsed.rollouts["half_plus_two"]
+    assert (body.stable, body.canary, body.canary_percent, body.automatic) == (1, 2, 5, False)
+    assert parsed.policies["half_plus_two"].on_publish == "immediate"
