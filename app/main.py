@@ -96,8 +96,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
-    app.state.rollouts = RolloutTable(registry)  # issue 11: read by admin, file, controller
     serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
+    rollouts = app.state.rollouts = RolloutTable(registry)  # issue 11: admin, file, controller
+
+    def keyed(model: str, old: object, new: object) -> None:
+        serving.keyed = rollouts.keyed()
+
+    rollouts.add_listener(keyed)
     app.tf_serving_rest = TFServingRest(
         serving=serving,
         options=RestOptions(

@@ -96,8 +96,10 @@ class RolloutTable:
     def reset(self) -> None:
         """Forget every rollout, policy and event (a new registry: the lifespan's start).
         Listeners stay."""
-        self._rollouts, self._policies = _EMPTY, _NO_POLICIES
+        old, self._rollouts, self._policies = self._rollouts, _EMPTY, _NO_POLICIES
         self._events.clear()
+        for name, r in old.items():
+            self._notify(name, r, None)
 
     # ---- reading (loop thread, lock-free) -------------------------------------------------
 
@@ -108,6 +110,14 @@ class RolloutTable:
 
     def get(self, model: str) -> Rollout | None:
         return self._rollouts.get(model)
+
+    def keyed(self) -> bool:
+        """Whether some active rollout splits its default route (weight > 0, not in shadow):
+        only then does a request's routing key matter."""
+        return any(
+            not r.phase.over and r.phase is not Phase.SHADOW and r.weight > 0
+            for r in self._rollouts.values()
+        )
 
     def active(self, model: str) -> Rollout | None:
         """The model's rollout if it is not over (shadow, canary or paused)."""

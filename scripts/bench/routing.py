@@ -8,8 +8,9 @@ of 7 timeit repeats:
   the difference is what the feature costs a deployment that does not use it;
 - `split, no key` / `split, key`: a rollout at 20%, keyless (random draw) and sticky (BLAKE2b of
   model + key);
-- `split.point`: the hash alone; `rest key scan`: the REST edge reading the routing key header
-  out of 8 request headers (`TFServingRest._ref`), against building the ModelRef without it.
+- `split.point`: the hash alone; `rest _ref`: the REST edge building the request's ModelRef,
+  with no rollout anywhere (no header scan) and with one (scanning 8 request headers for the
+  routing key), against building the ModelRef alone (what the edge did before).
 
 Usage: taskset -c 0 .venv/bin/python scripts/bench/routing.py [--baseline DIR]
 """
@@ -23,6 +24,7 @@ import sys
 import timeit
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +61,8 @@ def this_checkout() -> dict[str, float]:
     models = {
         "m": ModelRoute(versions={1: stable, 2: canary}, latest=stable, labels={}, split=split)
     }
-    rest = TFServingRest(serving=None, options=RestOptions())  # type: ignore[arg-type]
+    unkeyed = TFServingRest(serving=SimpleNamespace(keyed=False), options=RestOptions())  # type: ignore[arg-type]
+    keyed = TFServingRest(serving=SimpleNamespace(keyed=True), options=RestOptions())  # type: ignore[arg-type]
     route = Route(kind="predict", name="m", version=None, label=None)
     headers = [
         (b"host", b"127.0.0.1:8501"),
@@ -77,8 +80,9 @@ def this_checkout() -> dict[str, float]:
         "split, no key": best_ns(lambda: choose(models, VersionRequest("m"))),
         "split, key": best_ns(lambda: choose(models, VersionRequest("m", key="user-12345"))),
         "split.point": best_ns(lambda: point("m", "user-12345")),
-        "rest key scan (_ref, no key header)": best_ns(lambda: rest._ref(route, scope)),
-        "rest ModelRef without scan": best_ns(lambda: ModelRef("m", None, None)),
+        "rest _ref, no rollout anywhere": best_ns(lambda: unkeyed._ref(route, scope)),
+        "rest _ref, a rollout: header scan": best_ns(lambda: keyed._ref(route, scope)),
+        "ModelRef(name, version, label) alone": best_ns(lambda: ModelRef("m", None, None)),
     }
 
 

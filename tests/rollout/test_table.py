@@ -33,7 +33,9 @@ async def test_latest_policy_keeps_both_arms_loaded_and_splits_the_default_route
         table.start(Rollout("m", stable=1, canary=2, weight=0.0, phase=Phase.SHADOW))
         await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "AVAILABLE"})
         assert shares(d) == {1: 400}  # ... but the rollout keeps the route on stable
+        assert not table.keyed()  # shadow: nothing splits, the edges skip the routing key
         table.set_weight("m", 0.5, "step")
+        assert table.keyed()
         got = shares(d)
         assert got[1] > 100 and got[2] > 100
         assert table.get("m") is not None and table.get("m").phase is Phase.CANARY  # type: ignore[union-attr]
