@@ -214,6 +214,23 @@ class RolloutTable:
         rollout = to_rollout(model, body, stable, canary)
         return self.start(rollout, source, stable_loading=stable_loading)
 
+    def hold_default(self, model: str) -> int:
+        """Pin the version serving model's default route now, so a version published later
+        loads beside it without taking the route (for `Policy.on_publish` "rollout"/"shadow":
+        the controller then starts a rollout from it). `promote`/`rollback` replace the pin;
+        NotFound / FailedPrecondition when the model has no version serving."""
+        reg = self._registry()
+        route = reg.snapshot.models.get(model)
+        if route is None or route.latest is None:
+            reg.on_disk(model)  # NotFound for an unknown model
+            raise FailedPrecondition(f"Model {model} has no version serving")
+        version = route.latest.id.version
+        now = reg.overrides(model)
+        if now.pin != version:
+            reg.override(model, replace(now, pin=version))
+            log.info("model %s: default route held on version %d (rollout policy)", model, version)
+        return version
+
     def set_weight(self, model: str, weight: float, reason: str = "", source: str = "") -> Rollout:
         """Move the canary's share of the default route (a step); phase becomes CANARY (from
         SHADOW when weight > 0), a paused rollout stays paused."""
