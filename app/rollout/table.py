@@ -40,10 +40,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from app.core.overrides import Overrides, RouteSplit
+from app.core.overrides import RouteSplit
 from app.core.registry import Registry
 from app.errors import FailedPrecondition, InvalidArgument, NotFound
 from app.rollout.config import RolloutBody, phase_of, to_rollout
+from app.rollout.rules import check_values, policy_default, require_version, resolve
 from app.rollout.spec import Phase, Policy, Rollout
 
 log = logging.getLogger(__name__)
@@ -167,11 +168,11 @@ class RolloutTable:
         version is loaded yet; until stable is, the default route goes to the canary). The
         canary only has to be on disk: the rollout loads it, and it takes its share once
         AVAILABLE."""
-        _check_values(rollout)
+        check_values(rollout)
         reg = self._registry()
         name = rollout.model
-        _require_version(reg, name, rollout.stable)
-        _require_version(reg, name, rollout.canary)
+        require_version(reg, name, rollout.stable)
+        require_version(reg, name, rollout.canary)
         route = reg.snapshot.models.get(name)
         old = self.active(name)
         changing = old is not None and (old.stable, old.canary) == (rollout.stable, rollout.canary)
@@ -193,8 +194,8 @@ class RolloutTable:
         phase says so (a no-op when the rollout already ended that way)."""
         reg = self._registry()
         active = self.active(model)
-        stable = _resolve(reg, model, body.stable, active)
-        canary = _resolve(reg, model, body.canary, active)
+        stable = resolve(reg, model, body.stable, active)
+        canary = resolve(reg, model, body.canary, active)
         phase = phase_of(body)
         if phase.over:
             current = self.get(model)
@@ -340,7 +341,7 @@ class RolloutTable:
             withdrawn = withdrawn | {withdraw}
         pin = now.pin
         if keep is not None:
-            pin = None if keep == _policy_default(reg, name, withdrawn, now) else keep
+            pin = None if keep == policy_default(reg, name, withdrawn, now) else keep
         reg.override(name, replace(now, split=split, withdrawn=withdrawn, pin=pin))
 
     def _replace(self, name: str, value: Rollout | None) -> None:
@@ -363,55 +364,3 @@ class RolloutTable:
                 listener(name, old, new)
             except Exception:  # a listener's bug must not undo or block the change
                 log.exception("rollout listener failed for model %s", name)
-
-
-def _check_values(r: Rollout) -> None:
-    if r.stable == r.canary:
-        raise InvalidArgument(f"stable and canary are both version {r.stable}")
-    for what, value in (("weight", r.weight), ("shadow", r.shadow)):
-        if not 0.0 <= value <= 1.0:
-            raise InvalidArgument(f"{what} must be within [0, 100] percent, got {value * 100:g}")
-    if any(not 0.0 < s <= 1.0 for s in r.steps) or list(r.steps) != sorted(r.steps):
-        raise InvalidArgument("steps must be increasing percents within (0, 100]")
-    if r.steps and r.steps[-1] != 1.0:
-        raise InvalidArgument("the last step must be 100 percent")
-    if r.step_seconds < 0 or r.window_seconds <= 0:
-        raise InvalidArgument("step_seconds must be >= 0 and window_seconds > 0")
-
-
-def _resolve(reg: Registry, name: str, ref: int | str | None, active: Rollout | None) -> int:
-    """A version or label of model `name` -> its version; None -> the active rollout's stable,
-    else the version serving the default route now."""
-    route = reg.snapshot.models.get(name)
-    if isinstance(ref, int):
-        return ref
-    if isinstance(ref, str):
-        version = route.labels.get(ref) if route is not None else None
-        if version is None:
-            reg.on_disk(name)  # NotFound for an unknown model first
-            raise InvalidArgument(f"Unrecognized servable version label: {ref}")
-        return version
-    if active is not None:
-        return active.stable
-    if route is None or route.latest is None:
-        reg.on_disk(name)
-        raise FailedPrecondition(f"Model {name} has no version serving; give stable explicitly")
-    return route.latest.id.version
-
-
-def _require_version(reg: Registry, name: str, version: int) -> None:
-    """NotFound unless model `name` is configured and `version` is loaded or on disk."""
-    route = reg.snapshot.models.get(name)
-    if route is not None and version in route.versions:
-        return
-    if version not in reg.on_disk(name):  # NotFound for an unknown model too
-        raise NotFound(f"Could not find version {version} of model {name}")
-
-
-def _policy_default(reg: Registry, name: str, withdrawn: frozenset[int], now: Overrides) -> int:
-    """The version the default route would take unpinned with no rollout: the highest version
-    the version policy and the holds aspire (withdrawn ones taken out), -1 if none."""
-    policy = reg.version_policy(name)
-    picked = policy.select(set(reg.on_disk(name)) - withdrawn)
-    wanted = (set(picked) | now.hold) - now.exclude
-    return max(wanted, default=-1)
