@@ -1,11 +1,13 @@
 """The live rollouts: one `Rollout` per model, and the verbs that change them (issue 11).
 
 `RolloutTable` is the one owner of rollouts. The admin API, the rollout file and the controller
-(app.rollout.controller) change them only through its verbs: `start`, `set_weight`, `pause`,
-`resume`, `promote`, `rollback`, `clear`. Each verb checks the request against the registry,
-replaces the model's `Rollout` (an immutable value) in a new mapping assigned in one step, hands
-core its input (`Overrides.split` / `Overrides.withdrawn`, through `Registry.override`, the same
-door the admin overrides use), logs the change at INFO, records an event and calls the listeners.
+(app.rollout.controller) change them only through its verbs: `start` (a `Rollout`) / `apply` (a
+file entry or admin body), `set_weight`, `pause`, `resume`, `promote`, `rollback`, `clear`, and
+`hold_default` (keep a newly published version off the route until a rollout starts). Each
+verb checks the request against the registry, replaces the model's `Rollout` (an immutable
+value) in a new mapping assigned in one step, hands core its input (`Overrides.split` /
+`Overrides.withdrawn`, through `Registry.override`, the same door the admin overrides use), logs
+the change at INFO, records an event and calls the listeners.
 
 What core does with it (app.core.overrides, app.core.lifecycle, app.core.routing):
 - during a rollout (phase shadow, canary, paused) stable and canary are both aspired, so both stay
@@ -24,7 +26,9 @@ A finished rollout (promoted, rolled back) stays in the table with its reason un
 cleared; it routes nothing.
 
 Which arm served a request: `arm(model, version)` ("stable" / "canary" / None), comparing the
-version `app.core.routing.choose` returned with the model's rollout.
+version `app.core.routing.choose` returned with the model's rollout (only default-route requests
+were split: a request that named a version or label is neither arm's sample). `keyed()`: whether
+any rollout splits now (the edges read routing keys only then, `Serving.keyed`).
 
 Threads: every method runs on the event-loop thread; readers (`get`, `rollouts`) take no lock:
 the mapping is replaced whole, never changed in place. Listeners are called on the loop thread
@@ -252,6 +256,7 @@ class RolloutTable:
         return self._apply(replace(r, phase=Phase.PAUSED, reason=reason), "pause", source)
 
     def resume(self, model: str, reason: str = "resumed", source: str = "admin") -> Rollout:
+        """Out of PAUSED: SHADOW at weight 0, else CANARY at the weight it had."""
         r = self._require_active(model)
         phase = Phase.SHADOW if r.weight == 0.0 else Phase.CANARY
         return self._apply(replace(r, phase=phase, reason=reason), "resume", source)
