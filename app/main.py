@@ -33,6 +33,7 @@ from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
+from app.rollout.table import RolloutTable
 from app.serving.service import Serving
 from app.settings import Settings
 from app.tracing import Tracing
@@ -96,6 +97,12 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         return reg
 
     serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
+    rollouts = app.state.rollouts = RolloutTable(registry)  # issue 11: admin, file, controller
+
+    def keyed(model: str, old: object, new: object) -> None:
+        serving.keyed = rollouts.keyed()
+
+    rollouts.add_listener(keyed)
     app.tf_serving_rest = TFServingRest(
         serving=serving,
         options=RestOptions(
@@ -103,6 +110,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             timeout_ms=settings.rest_api_timeout_in_ms,
             cors=settings.rest_api_enable_cors_support,
             method_name_check=settings.enable_signature_method_name_check,
+            route_key_header=settings.route_key_header.lower().encode("latin-1"),
         ),
         observer=metrics.requests,
     )

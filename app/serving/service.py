@@ -58,13 +58,17 @@ class Serving:
     def __init__(self, registry: Callable[[], Registry], method_name_check: bool = False):
         self._registry = registry
         self.method_name_check = method_name_check
+        # Whether any model's default route is split by a rollout (set on the loop thread by
+        # app.rollout.table's listener, wired in app.main): the edges read a request's routing
+        # key only then, so a server without rollouts pays one attribute read per request.
+        self.keyed = False
 
     # ---- pinning and lookups ----------------------------------------------------------------
 
     def pin(self, ref: ModelRef) -> AbstractContextManager[ModelVersion]:
         """Resolve the version that serves `ref` (app.core.routing) and hold it for the block.
         Raises NotFound / InvalidArgument (routing) or Unavailable (server starting)."""
-        return self._registry().acquire(ref.name, ref.version, ref.label)
+        return self._registry().acquire(ref.name, ref.version, ref.label, ref.key)
 
     def signature(self, mv: ModelVersion, name: str, api: Api, edge: Edge = "GRPC") -> Signature:
         """The signature `name` ("" -> serving_default) of the pinned version, checked for `api`.
