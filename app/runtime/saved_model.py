@@ -232,7 +232,8 @@ class SavedModelServable:
                 continue
             try:
                 self._make_feed((name, frozenset(sigdef.inputs)))
-            except errors.HotserveError:
+            except Exception as exc:  # never fails a load: the request will say what is wrong
+                logger.debug("callable of signature %s not made at load: %r", name, exc)
                 continue
             made += 1
         return made
