@@ -585,7 +585,7 @@ loaded = []
 loader = SavedModelLoader(intra_op_threads=1, inter_op_threads=1)
 worker = threading.Thread(target=lambda: loaded.append(loader.load(Path(sys.argv[1]))))
 worker.start()
-worker.join(120)  # a failure bound, not a speed check: the load must not need the pool
+worker.join(60)  # a failure bound, not a speed check: the load must not need the pool
 done = not worker.is_alive()
 release.set()
 worker.join(120)
