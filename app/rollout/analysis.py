@@ -224,19 +224,14 @@ def _judge_shadow(snap: Snapshot, t: Thresholds, *, required: bool) -> Judgement
         if required:
             return Judgement(Verdict.NO_VERDICT, f"{s.samples}/{t.min_requests} shadow samples")
         return Judgement(Verdict.NO_VERDICT)
-    if t.max_abs_diff is not None and s.max_abs_diff is not None:
-        if s.max_abs_diff > t.max_abs_diff:
-            return Judgement(
-                Verdict.UNHEALTHY,
-                f"shadow max |diff| {s.max_abs_diff:.6g} over {t.max_abs_diff:g}",
-            )
-    agreement = s.agreement
-    if t.min_argmax_agreement is not None and agreement is not None:
-        if agreement < t.min_argmax_agreement:
-            return Judgement(
-                Verdict.UNHEALTHY,
-                f"shadow argmax agreement {agreement:.2%} under {t.min_argmax_agreement:.2%}",
-            )
+    diff, agreement = s.max_abs_diff, s.agreement
+    if t.max_abs_diff is not None and diff is not None and diff > t.max_abs_diff:
+        why = f"shadow max |diff| {diff:.6g} over {t.max_abs_diff:g}"
+        return Judgement(Verdict.UNHEALTHY, why)
+    least = t.min_argmax_agreement
+    if least is not None and agreement is not None and agreement < least:
+        why = f"shadow argmax agreement {agreement:.2%} under {least:.2%}"
+        return Judgement(Verdict.UNHEALTHY, why)
     slow = _p99_reason("shadow", s.p99_ms, snap.stable, t)
     if slow:
         return Judgement(Verdict.UNHEALTHY, slow)
