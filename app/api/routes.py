@@ -250,13 +250,14 @@ class TFServingRest:
         # A malformed body is a 400 even for an unknown model: parse before resolving.
         req = await self._offload(_parse_predict, body) if heavy else _parse_predict(body)
         serving = self._serving
-        with serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
+        ref = ModelRef(route.name, route.version, route.label)
+        with serving.pin(ref) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
             if heavy:
                 inputs = await self._offload(codec.to_tensors, req, sig)
             else:
                 inputs = codec.to_tensors(req, sig)
-            outputs = await serving.run(mv, sig, inputs, deadline)
+            outputs = await serving.run(mv, sig, inputs, deadline, ref)
         big_answer = _values(outputs.values()) >= self.options.offload_elements
         if big_answer:
             return await self._offload(codec.encode_predict, outputs, req.columnar)
@@ -271,7 +272,8 @@ class TFServingRest:
             sig_name, context, examples = _parse_examples(body, verb)
         api: Api = "classify" if verb == "classify" else "regress"
         serving = self._serving
-        with serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
+        ref = ModelRef(route.name, route.version, route.label)
+        with serving.pin(ref) as mv:
             sig = self._signature(mv, sig_name, api)
             serialize = mv.servable.serialize_examples
             if heavy or len(examples) >= self.options.offload_examples:
@@ -279,9 +281,9 @@ class TFServingRest:
             else:
                 serialized = serialize(context, examples)
             if api == "classify":
-                result = await serving.classify(mv, sig, serialized, deadline)
+                result = await serving.classify(mv, sig, serialized, deadline, ref)
                 return codec.encode_classify(result.classes, result.scores)
-            values = await serving.regress(mv, sig, serialized, deadline)
+            values = await serving.regress(mv, sig, serialized, deadline, ref)
         return codec.encode_regress(values)
 
     def _metadata(self, route: Route) -> bytes:
