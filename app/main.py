@@ -33,6 +33,7 @@ from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
+from app.rollout.table import RolloutTable
 from app.serving.service import Serving
 from app.settings import Settings
 from app.tracing import Tracing
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
+    app.state.rollouts = RolloutTable(registry)  # issue 11: read by admin, file, controller
     serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
     app.tf_serving_rest = TFServingRest(
         serving=serving,

@@ -56,8 +56,14 @@ class AdminActions:
         reg = self._registry()
         self._on_disk(reg, name, version)
         before = reg.overrides(name)
-        reg.override(
-            name, replace(before, hold=before.hold | {version}, exclude=before.exclude - {version})
+        reg.override(  # a load lifts a rollback's withdrawal too (app.rollout.table)
+            name,
+            replace(
+                before,
+                hold=before.hold | {version},
+                exclude=before.exclude - {version},
+                withdrawn=before.withdrawn - {version},
+            ),
         )
         state = await self._settle(reg, name, version, wait)
         if state is not VersionState.AVAILABLE:
@@ -97,7 +103,11 @@ class AdminActions:
         self._on_disk(reg, name, version)
         before = reg.overrides(name)
         held = before.hold | {version}
-        reg.override(name, replace(before, hold=held, exclude=before.exclude - {version}))
+        withdrawn = before.withdrawn - {version}  # lifts a rollback's withdrawal
+        reg.override(
+            name,
+            replace(before, hold=held, exclude=before.exclude - {version}, withdrawn=withdrawn),
+        )
         state = await self._settle(reg, name, version, wait)
         now = reg.overrides(name)
         added = held - before.hold  # this call's hold only: a load meanwhile keeps its own

@@ -43,6 +43,7 @@ from app.core.signatures import IncompatibleVersion, refusal
 from app.core.types import ModelConfig, ServableId, Signature, VersionState, VersionStatus
 from app.core.versions import LoadOptions, ModelVersion, RunnerFactory, VersionWork
 from app.errors import HotserveError
+from app.rollout.split import Split
 
 __all__ = ["LoadOptions", "ModelRoute", "ModelState", "ModelVersion", "RunnerFactory"]
 
@@ -56,6 +57,10 @@ class ModelRoute:
     versions: Mapping[int, ModelVersion]
     latest: ModelVersion | None
     labels: Mapping[str, int]
+    # A rollout's weighted split of the default route, present only while both arms are
+    # AVAILABLE and the canary's weight is above 0 (else `latest` is the stable arm, or the
+    # canary while stable is not loaded: `Overrides.default`).
+    split: Split[ModelVersion] | None = None
 
 
 @dataclass
@@ -114,6 +119,7 @@ class ModelState:
         self._generations: Mapping[int, int] = {}
         self._aspired: frozenset[int] | None = None  # None: no successful scan yet
         self._scanned: frozenset[int] | None = None  # the source's aspired set, before overrides
+        self._scanned_raw: frozenset[int] = frozenset()  # as the source sent it (withdrawn kept)
         self.overrides = NO_OVERRIDES
         self._observe = observe
         self._labels: dict[str, int] = {}
@@ -140,12 +146,22 @@ class ModelState:
             if v in self._found and self._generations.get(v, 0) != attempts.generation:
                 log.info("model %s version %d: changed on disk; loading it again", self.name, v)
                 del self._attempts[v]
-        self._scanned = result.aspired
-        aspired = self.overrides.aspired(result.aspired) | self._catching_up()
+        self._scanned_raw = result.aspired
+        self._scanned = self._policy_pick(result.aspired)
+        aspired = self.overrides.aspired(self._scanned) | self._catching_up()
         if self._aspired != aspired:
             log.info("model %s: aspired versions %s", self.name, sorted(aspired))
         self._aspired = aspired
         self._poke()
+
+    def _policy_pick(self, scanned: frozenset[int]) -> frozenset[int]:
+        """The source's aspired set with rolled-back versions (`Overrides.withdrawn`) taken out
+        of the candidates before the version policy picks (`latest` then aspires the next
+        highest version)."""
+        withdrawn = self.overrides.withdrawn
+        if not withdrawn or not (scanned & withdrawn):
+            return scanned
+        return frozenset(self.config.version_policy.select(set(self._found) - withdrawn))
 
     def _poke(self) -> None:
         self._wake.set()
@@ -169,7 +185,10 @@ class ModelState:
     def override(self, overrides: Overrides) -> None:
         """The operator's input (app.core.overrides): applies to the routes now and to the
         aspired set as a scan result would; kept across later scans until replaced."""
+        withdrawn_before = self.overrides.withdrawn
         self.overrides = overrides
+        if self._scanned is not None and overrides.withdrawn != withdrawn_before:
+            self._scanned = self._policy_pick(self._scanned_raw)  # as the next scan will
         if self._scanned is not None and self.active:
             self._aspired = overrides.aspired(self._scanned) | self._catching_up()
         self._publish()
@@ -229,7 +248,22 @@ class ModelState:
             return None
         self._labels = self._effective_labels()
         latest = self.overrides.default(self.loaded)
-        return ModelRoute(versions=dict(self.loaded), latest=latest, labels=dict(self._labels))
+        return ModelRoute(
+            versions=dict(self.loaded),
+            latest=latest,
+            labels=dict(self._labels),
+            split=self._split(),
+        )
+
+    def _split(self) -> Split[ModelVersion] | None:
+        """The rollout's split of the default route, once both arms are AVAILABLE."""
+        sp = self.overrides.split
+        if sp is None or sp.weight <= 0.0 or sp.stable == sp.canary:
+            return None
+        stable, canary = self.loaded.get(sp.stable), self.loaded.get(sp.canary)
+        if stable is None or canary is None:
+            return None
+        return Split(self.name, stable, canary, sp.weight)
 
     def _effective_labels(self) -> dict[str, int]:
         """A new label may point at a version that is not loaded yet (it answers once it is);

@@ -35,7 +35,7 @@ from app.core.overrides import Overrides
 from app.core.priority import LoadPriority
 from app.core.scanner import ScanResult
 from app.core.servable import Loader
-from app.core.types import ModelConfig, VersionStatus
+from app.core.types import ModelConfig, VersionPolicy, VersionStatus
 from app.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,26 @@ class Registry:
 
     @contextmanager
     def acquire(
-        self, name: str, version: int | None = None, label: str | None = None
+        self,
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
     ) -> Iterator[ModelVersion]:
-        """Pin one version for the duration of a request (TF Serving's ServableHandle)."""
-        lease = Lease(self.resolve(name, version, label))
+        """Pin one version for the duration of a request (TF Serving's ServableHandle).
+        `key`: the request's routing key (sticky rollout split), None without one."""
+        lease = Lease(self.resolve(name, version, label, key))
         try:
             yield lease.version
         finally:
             lease.release()
 
-    def resolve(self, name: str, version: int | None, label: str | None) -> ModelVersion:
+    def resolve(
+        self, name: str, version: int | None, label: str | None, key: str | None = None
+    ) -> ModelVersion:
         """The version a request for (name, version | label) is served by (`app.core.routing`)."""
-        return routing.choose(self._snapshot.models, routing.VersionRequest(name, version, label))
+        request = routing.VersionRequest(name, version, label, key)
+        return routing.choose(self._snapshot.models, request)
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """TF Serving's GetModelStatus: every version ever tracked, highest first."""
@@ -197,6 +205,10 @@ class Registry:
     def on_disk(self, name: str) -> frozenset[int]:
         """Complete versions of model `name` found by the last scan (NotFound if unknown)."""
         return self._active_model(name).on_disk
+
+    def version_policy(self, name: str) -> VersionPolicy:
+        """Model `name`'s configured version policy (NotFound if it is not configured)."""
+        return self._active_model(name).config.version_policy
 
     def override(self, name: str, overrides: Overrides) -> None:
         """The admin input (app.core.overrides), beside `on_scan`: replaces model `name`'s

@@ -9,9 +9,19 @@ adds its inputs to `VersionRequest` and its rules here, nowhere else.
 Rules and messages follow TF Serving's ServerCore::GetServableHandle (server_core.cc):
 - a label resolves through the model's `version_labels` (unknown label: INVALID_ARGUMENT
   "Unrecognized servable version label: <label>");
-- no version: the highest AVAILABLE version (`Latest(name)`);
+- no version: the highest AVAILABLE version (`Latest(name)`), or the pinned one (admin pin);
+- no version and no label, during a rollout (issue 11, `Overrides.split`): the stable version,
+  or the canary for the `weight` share of requests (`app.rollout.split`: sticky by
+  `VersionRequest.key` when given, random otherwise) once both are AVAILABLE; whichever of the
+  two is AVAILABLE while the other is not. A request naming a version or a label is never
+  re-routed;
 - a version that is not being served: NOT_FOUND "Servable not found for request: ...".
 Runs on the event-loop thread, no awaits.
+
+Which arm served a request (for per-arm outcomes, app.rollout.analysis): `choose` returns the
+`ModelVersion`; compare `mv.id.version` with the model's `Rollout.stable` / `Rollout.canary`
+(app.rollout.table). Only default-route requests count as an arm's: a request that named a version
+or label was not split (`VersionRequest.default_route`).
 """
 
 from __future__ import annotations
@@ -26,11 +36,18 @@ from app.errors import InvalidArgument, NotFound
 
 @dataclass(frozen=True, slots=True)
 class VersionRequest:
-    """What a request asks for: a model, and at most one of a version or a label."""
+    """What a request asks for: a model, and at most one of a version or a label. `key`: the
+    routing key (`--route_key_header`; None: no key) that makes a rollout's split sticky."""
 
     name: str
     version: int | None = None
     label: str | None = None
+    key: str | None = None
+
+    @property
+    def default_route(self) -> bool:
+        """Neither a version nor a label: the request a rollout may split."""
+        return self.version is None and self.label is None
 
 
 def choose(models: Mapping[str, ModelRoute], request: VersionRequest) -> ModelVersion:
@@ -45,6 +62,9 @@ def choose(models: Mapping[str, ModelRoute], request: VersionRequest) -> ModelVe
     if version is None:
         if route is None or route.latest is None:
             raise NotFound(f"Servable not found for request: Latest({name})")
+        split = route.split
+        if split is not None:  # version is None here only when no label was given either
+            return split.pick(request.key)
         return route.latest
     found = route.versions.get(version) if route is not None else None
     if found is None:

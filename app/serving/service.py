@@ -90,7 +90,7 @@ class Serving:
     def pin(self, ref: ModelRef) -> AbstractContextManager[ModelVersion]:
         """Resolve the version that serves `ref` (app.core.routing) and hold it for the block.
         Raises NotFound / InvalidArgument (routing) or Unavailable (server starting)."""
-        return self._registry().acquire(ref.name, ref.version, ref.label)
+        return self._registry().acquire(ref.name, ref.version, ref.label, ref.key)
 
     def signature(self, mv: ModelVersion, name: str, api: Api, edge: Edge = "GRPC") -> Signature:
         """The signature `name` ("" -> serving_default) of the pinned version, checked for `api`.

@@ -12,11 +12,14 @@ Array = np.ndarray[Any, Any]
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """The model a request names: at most one of `version` and `label`."""
+    """The model a request names: at most one of `version` and `label`. `key`: the routing key
+    the edge read (REST header / gRPC metadata, `--route_key_header`), None without one; it only
+    matters for the default route during a rollout (sticky split)."""
 
     name: str
     version: int | None = None
     label: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,329 @@
+"""The live rollouts: one `Rollout` per model, and the verbs that change them (issue 11).
+
+`RolloutTable` is the one owner of rollouts. The admin API, the rollout file and the controller
+(app.rollout.controller) change them only through its verbs: `start`, `set_weight`, `pause`,
+`resume`, `promote`, `rollback`, `clear`. Each verb checks the request against the registry,
+replaces the model's `Rollout` (an immutable value) in a new mapping assigned in one step, hands
+core its input (`Overrides.split` / `Overrides.withdrawn`, through `Registry.override`, the same
+door the admin overrides use), logs the change at INFO, records an event and calls the listeners.
+
+What core does with it (app.core.overrides, app.core.lifecycle, app.core.routing):
+- during a rollout (phase shadow, canary, paused) stable and canary are both aspired, so both stay
+  loaded whatever the version policy says (under `latest`, the lifecycle would unload stable);
+- the default route goes to stable, and to the canary for `weight` of requests (sticky by routing
+  key) once both are AVAILABLE; while the canary is not AVAILABLE (loading, failed, unloaded) all
+  of it goes to stable, while stable is not, to the canary;
+- `promote`: the canary becomes the default route (pinned only when the version policy would not
+  pick it anyway), and stable is released, so the version policy unloads it as usual;
+- `rollback`: the canary leaves the default route at once and is withdrawn: taken out of the
+  versions the version policy picks from, so under `latest` it is not loaded or retried again at
+  the next scan (a newer version published later is); stable stays loaded and serving (pinned only
+  when the version policy would not pick it anyway). An admin load/pin of the version or a new
+  rollout to it lifts the withdrawal.
+A finished rollout (promoted, rolled back) stays in the table with its reason until replaced or
+cleared; it routes nothing.
+
+Which arm served a request: `arm(model, version)` ("stable" / "canary" / None), comparing the
+version `app.core.routing.choose` returned with the model's rollout.
+
+Threads: every method runs on the event-loop thread; readers (`get`, `rollouts`) take no lock:
+the mapping is replaced whole, never changed in place. Listeners are called on the loop thread
+after the change, with (model, old, new); they must not block (schedule work instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+from app.core.overrides import Overrides, RouteSplit
+from app.core.registry import Registry
+from app.errors import FailedPrecondition, InvalidArgument, NotFound
+from app.rollout.spec import Phase, Policy, Rollout
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, "Rollout | None", "Rollout | None"], None]
+MAX_EVENTS = 200
+_EMPTY: Mapping[str, Rollout] = MappingProxyType({})
+_NO_POLICIES: Mapping[str, Policy] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutEvent:
+    """One rollout change. `time`: wall-clock seconds since the epoch; `weight` in [0, 1]."""
+
+    time: float
+    model: str
+    action: str  # start | change | weight | pause | resume | promote | rollback | clear
+    stable: int
+    canary: int
+    weight: float
+    phase: str
+    reason: str
+    source: str  # "admin" | "file" | "controller" | ...
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "time": self.time,
+            "model": self.model,
+            "action": self.action,
+            "stable": self.stable,
+            "canary": self.canary,
+            "weight": self.weight,
+            "phase": self.phase,
+            "reason": self.reason,
+            "source": self.source,
+        }
+
+
+class RolloutTable:
+    """Every model's rollout and standing policy. `registry` returns the live registry (raises
+    Unavailable while the server starts)."""
+
+    def __init__(self, registry: Callable[[], Registry]) -> None:
+        self._registry = registry
+        self._rollouts: Mapping[str, Rollout] = _EMPTY
+        self._policies: Mapping[str, Policy] = _NO_POLICIES
+        self._listeners: list[Listener] = []
+        self._events: deque[RolloutEvent] = deque(maxlen=MAX_EVENTS)
+
+    # ---- reading (loop thread, lock-free) -------------------------------------------------
+
+    @property
+    def rollouts(self) -> Mapping[str, Rollout]:
+        """Every model's rollout (finished ones included): an immutable mapping."""
+        return self._rollouts
+
+    def get(self, model: str) -> Rollout | None:
+        return self._rollouts.get(model)
+
+    def active(self, model: str) -> Rollout | None:
+        """The model's rollout if it is not over (shadow, canary or paused)."""
+        r = self._rollouts.get(model)
+        return r if r is not None and not r.phase.over else None
+
+    def arm(self, model: str, version: int) -> str | None:
+        """Which arm `version` is in the model's active rollout: "stable", "canary" or None."""
+        r = self.active(model)
+        if r is None:
+            return None
+        if version == r.canary:
+            return "canary"
+        return "stable" if version == r.stable else None
+
+    @property
+    def policies(self) -> Mapping[str, Policy]:
+        """Every model's standing policy (`Policy.on_publish`), immutable."""
+        return self._policies
+
+    def events(self, model: str | None = None, limit: int = 50) -> list[dict[str, object]]:
+        """Recent rollout changes, newest first."""
+        picked = [e for e in reversed(self._events) if model is None or e.model == model]
+        return [e.as_dict() for e in picked[:limit]]
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(model, old, new)` after every change (new None: cleared)."""
+        self._listeners.append(listener)
+
+    def set_policy(self, policy: Policy | None, model: str) -> None:
+        """Replace (None: remove) the model's standing policy; read by the controller."""
+        policies = {k: v for k, v in self._policies.items() if k != model}
+        if policy is not None:
+            policies[model] = policy
+        self._policies = MappingProxyType(policies)
+
+    # ---- verbs ----------------------------------------------------------------------------
+
+    def start(self, rollout: Rollout, source: str = "admin") -> Rollout:
+        """Start a rollout, or change the model's active one live (weight, steps, thresholds...).
+
+        Checks: the model is configured and both versions exist (NotFound), they differ and the
+        weights are in [0, 1] (InvalidArgument), stable is AVAILABLE (FailedPrecondition: the
+        default route goes there). The canary only has to be on disk: the rollout loads it,
+        and it takes its share once AVAILABLE."""
+        _check_values(rollout)
+        reg = self._registry()
+        name = rollout.model
+        _require_version(reg, name, rollout.stable)
+        _require_version(reg, name, rollout.canary)
+        route = reg.snapshot.models.get(name)
+        old = self.active(name)
+        changing = old is not None and (old.stable, old.canary) == (rollout.stable, rollout.canary)
+        if not changing and (route is None or rollout.stable not in route.versions):
+            raise FailedPrecondition(
+                f"Version {rollout.stable} of model {name} is not AVAILABLE; "
+                "a rollout's stable version must be serving"
+            )
+        if rollout.phase.over:
+            raise InvalidArgument("A rollout starts in phase shadow, canary or paused")
+        return self._apply(rollout, "change" if changing else "start", source)
+
+    def set_weight(self, model: str, weight: float, reason: str = "", source: str = "") -> Rollout:
+        """Move the canary's share of the default route (a step); phase becomes CANARY (from
+        SHADOW when weight > 0), a paused rollout stays paused."""
+        r = self._require_active(model)
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidArgument(f"weight must be within [0, 1], got {weight}")
+        phase = r.phase
+        if phase is Phase.SHADOW and weight > 0:
+            phase = Phase.CANARY
+        new = replace(r, weight=weight, phase=phase, reason=reason or r.reason)
+        return self._apply(new, "weight", source or "controller")
+
+    def pause(
+        self, model: str, reason: str = "paused by operator", source: str = "admin"
+    ) -> Rollout:
+        """Freeze the weights: analysis goes on being recorded but is not acted on."""
+        r = self._require_active(model)
+        return self._apply(replace(r, phase=Phase.PAUSED, reason=reason), "pause", source)
+
+    def resume(self, model: str, reason: str = "resumed", source: str = "admin") -> Rollout:
+        r = self._require_active(model)
+        phase = Phase.SHADOW if r.weight == 0.0 else Phase.CANARY
+        return self._apply(replace(r, phase=phase, reason=reason), "resume", source)
+
+    def promote(self, model: str, reason: str = "promoted", source: str = "admin") -> Rollout:
+        """The canary takes the whole default route and the rollout ends; stable is released
+        (the version policy unloads it as usual). FailedPrecondition if the canary is not
+        AVAILABLE (promoting it would leave the route where it is)."""
+        r = self._require_active(model)
+        reg = self._registry()
+        route = reg.snapshot.models.get(model)
+        if route is None or r.canary not in route.versions:
+            raise FailedPrecondition(
+                f"Version {r.canary} of model {model} is not AVAILABLE; it cannot be promoted"
+            )
+        new = replace(r, weight=1.0, phase=Phase.PROMOTED, reason=reason)
+        return self._apply(new, "promote", source)
+
+    def rollback(self, model: str, reason: str, source: str = "admin") -> Rollout:
+        """The canary leaves the default route now and is withdrawn (not loaded again by the
+        version policy); stable keeps serving. Always allowed: it is the safety action."""
+        r = self._require_active(model)
+        new = replace(r, weight=0.0, phase=Phase.ROLLED_BACK, reason=reason)
+        return self._apply(new, "rollback", source)
+
+    def clear(self, model: str, source: str = "admin") -> Rollout | None:
+        """Forget the model's rollout (active or finished) without promoting or rolling back:
+        the default route returns to the version policy (under `latest`: the highest version,
+        which may be the canary; use `rollback` to keep stable). Returns what was there."""
+        old = self._rollouts.get(model)
+        if old is None:
+            raise NotFound(f"Model {model} has no rollout")
+        if not old.phase.over:
+            self._to_core(model, None, withdraw=None, keep=None)
+        self._replace(model, None)
+        self._record("clear", old, source)
+        log.info("rollout of model %s cleared (%s)", model, source)
+        self._notify(model, old, None)
+        return old
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _require_active(self, model: str) -> Rollout:
+        r = self.active(model)
+        if r is None:
+            raise NotFound(f"Model {model} has no active rollout")
+        return r
+
+    def _apply(self, new: Rollout, action: str, source: str) -> Rollout:
+        name = new.model
+        old = self._rollouts.get(name)
+        if new.phase is Phase.PROMOTED:
+            self._to_core(name, None, withdraw=None, keep=new.canary)
+        elif new.phase is Phase.ROLLED_BACK:
+            self._to_core(name, None, withdraw=new.canary, keep=new.stable)
+        else:
+            weight = new.weight if new.phase is not Phase.SHADOW else 0.0
+            self._to_core(name, RouteSplit(new.stable, new.canary, weight), None, None)
+        self._replace(name, new)
+        self._record(action, new, source)
+        log.info(
+            "rollout of model %s: %s (stable %d, canary %d, weight %.1f%%, phase %s%s) by %s",
+            name,
+            action,
+            new.stable,
+            new.canary,
+            new.weight * 100,
+            new.phase.value,
+            f": {new.reason}" if new.reason else "",
+            source,
+        )
+        self._notify(name, old, new)
+        return new
+
+    def _to_core(
+        self, name: str, split: RouteSplit | None, withdraw: int | None, keep: int | None
+    ) -> None:
+        """Hand core the split (None: no rollout), withdraw a rolled-back version, and make
+        `keep` the default route once the rollout is gone (pinned only if the version policy
+        would not pick it: the highest aspired version serves unpinned)."""
+        reg = self._registry()
+        now = reg.overrides(name)
+        withdrawn = now.withdrawn
+        if split is not None:
+            withdrawn = withdrawn - {split.canary, split.stable}
+        if withdraw is not None:
+            withdrawn = withdrawn | {withdraw}
+        pin = now.pin
+        if keep is not None:
+            pin = None if keep == _policy_default(reg, name, withdrawn, now) else keep
+        reg.override(name, replace(now, split=split, withdrawn=withdrawn, pin=pin))
+
+    def _replace(self, name: str, value: Rollout | None) -> None:
+        rollouts = {k: v for k, v in self._rollouts.items() if k != name}
+        if value is not None:
+            rollouts[name] = value
+        self._rollouts = MappingProxyType(rollouts)
+
+    def _record(self, action: str, r: Rollout, source: str) -> None:
+        self._events.append(
+            RolloutEvent(
+                time.time(), r.model, action, r.stable, r.canary, r.weight, r.phase.value,
+                r.reason, source,
+            )
+        )  # fmt: skip
+
+    def _notify(self, name: str, old: Rollout | None, new: Rollout | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(name, old, new)
+            except Exception:  # a listener's bug must not undo or block the change
+                log.exception("rollout listener failed for model %s", name)
+
+
+def _check_values(r: Rollout) -> None:
+    if r.stable == r.canary:
+        raise InvalidArgument(f"stable and canary are both version {r.stable}")
+    for what, value in (("weight", r.weight), ("shadow", r.shadow)):
+        if not 0.0 <= value <= 1.0:
+            raise InvalidArgument(f"{what} must be within [0, 100] percent, got {value * 100:g}")
+    if any(not 0.0 < s <= 1.0 for s in r.steps) or list(r.steps) != sorted(r.steps):
+        raise InvalidArgument("steps must be increasing percents within (0, 100]")
+    if r.steps and r.steps[-1] != 1.0:
+        raise InvalidArgument("the last step must be 100 percent")
+    if r.step_seconds < 0 or r.window_seconds <= 0:
+        raise InvalidArgument("step_seconds must be >= 0 and window_seconds > 0")
+
+
+def _require_version(reg: Registry, name: str, version: int) -> None:
+    """NotFound unless model `name` is configured and `version` is loaded or on disk."""
+    route = reg.snapshot.models.get(name)
+    if route is not None and version in route.versions:
+        return
+    if version not in reg.on_disk(name):  # NotFound for an unknown model too
+        raise NotFound(f"Could not find version {version} of model {name}")
+
+
+def _policy_default(reg: Registry, name: str, withdrawn: frozenset[int], now: Overrides) -> int:
+    """The version the default route would take unpinned with no rollout: the highest version
+    the version policy and the holds aspire (withdrawn ones taken out), -1 if none."""
+    policy = reg.version_policy(name)
+    picked = policy.select(set(reg.on_disk(name)) - withdrawn)
+    wanted = (set(picked) | now.hold) - now.exclude
+    return max(wanted, default=-1)
