@@ -24,45 +24,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import anyio
 import anyio.abc
 
+from app.core.registry import Registry
+from app.core.types import VersionState, VersionStatus
 from app.errors import HotserveError
 from app.rollout.analysis import Judgement, Verdict, verdict
 from app.rollout.metrics import RolloutMetrics
 from app.rollout.shadow import RolloutTap
 from app.rollout.spec import Phase, Policy, Rollout
+from app.rollout.table import RolloutTable
 
 log = logging.getLogger(__name__)
 
 DECISIONS = ("step", "promote", "rollback", "enter")
-
-
-class Table(Protocol):
-    """What the controller uses of `app.rollout.table.RolloutTable`."""
-
-    @property
-    def rollouts(self) -> Mapping[str, Rollout]: ...
-
-    @property
-    def policies(self) -> Mapping[str, Policy]: ...
-
-    def add_listener(
-        self, listener: Callable[[str, Rollout | None, Rollout | None], None]
-    ) -> None: ...
-
-    def start(self, rollout: Rollout, source: str = ...) -> Rollout: ...
-
-    def set_weight(
-        self, model: str, weight: float, reason: str = ..., source: str = ...
-    ) -> Rollout: ...
-
-    def promote(self, model: str, reason: str = ..., source: str = ...) -> Rollout: ...
-
-    def rollback(self, model: str, reason: str, source: str = ...) -> Rollout: ...
 
 
 class RolloutController:
@@ -70,12 +50,17 @@ class RolloutController:
 
     def __init__(
         self,
-        table: Table,
+        table: RolloutTable,
         tap: RolloutTap,
+        registry: Callable[[], Registry],
         metrics: RolloutMetrics | None = None,
         interval: float = 1.0,
     ) -> None:
         self.table = table
+        self._registry = registry
+        self._published, self._published_out = anyio.create_memory_object_stream[tuple[str, int]](
+            64
+        )
         self.tap = tap
         self.metrics = metrics or RolloutMetrics(lambda: table.rollouts, tap)
         self.interval = interval
@@ -88,14 +73,65 @@ class RolloutController:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Evaluate every `interval` seconds until cancelled (lifespan shutdown)."""
-        task_status.started()
-        while True:
-            await anyio.sleep(self.interval)
+        """Evaluate every `interval` seconds, and enter newly published versions, until
+        cancelled (lifespan shutdown)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._enter_published)
+            task_status.started()
+            while True:
+                await anyio.sleep(self.interval)
+                try:
+                    self.tick()
+                except Exception:  # a bug here must not end automatic rollback for every model
+                    log.exception("rollout controller: evaluation failed")
+
+    # ---- auto-enter (Policy.on_publish) --------------------------------------------------
+
+    def version_state(self, model: str, status: VersionStatus) -> None:
+        """Registry state observer (loop thread, inside the lifecycle's state change): a newer
+        version of an opted-in model started LOADING. Only queued here (re-entering the registry
+        from its own callback is not safe); `_enter_published` starts the rollout on the next
+        loop iteration, long before the version can be AVAILABLE (a load takes a thread hop and
+        a SavedModel load at the very least), so the split holds the current default as stable
+        before the version policy could move the route or unload it."""
+        if status.state is not VersionState.LOADING:
+            return
+        policy = self.table.policies.get(model)
+        if policy is None or policy.on_publish not in ("rollout", "shadow"):
+            return
+        try:
+            self._published.send_nowait((model, status.version))
+        except anyio.WouldBlock:
+            log.warning("rollout of model %s: too many publications queued, %d not entered",
+                        model, status.version)  # fmt: skip
+
+    async def _enter_published(self) -> None:
+        async for model, version in self._published_out:
             try:
-                self.tick()
-            except Exception:  # a bug here must not end automatic rollback for every model
-                log.exception("rollout controller: evaluation failed")
+                self.enter(model, version)
+            except HotserveError as exc:
+                log.warning("rollout of model %s: version %d not entered: %s", model, version, exc)
+
+    def enter(self, model: str, version: int) -> Rollout | None:
+        """Start the model's policy rollout for newly published `version`, with the version
+        serving the default route now as stable. None (nothing done) when the model has no
+        opt-in policy, serves nothing yet (first load), already runs a rollout, or `version` is
+        not newer than the default."""
+        policy = self.table.policies.get(model)
+        if policy is None or policy.on_publish not in ("rollout", "shadow"):
+            return None
+        if self.table.rollouts.get(model) is not None and not self.table.rollouts[model].phase.over:
+            return None
+        route = self._registry().snapshot.models.get(model)
+        current = route.latest if route is not None else None
+        if current is None or current.id.version >= version:
+            return None
+        rollout = from_template(policy, current.id.version, version)
+        started = self.table.start(rollout, source="controller")
+        self.metrics.decided(model, "enter")
+        log.info("rollout of model %s: version %d published, entered a %s rollout against %d",
+                 model, version, rollout.phase.value, current.id.version)  # fmt: skip
+        return started
 
     # ---- following the table -------------------------------------------------------------
 
@@ -172,6 +208,24 @@ class RolloutController:
             "verdict_reason": judged.reason if judged is not None else "",
             "shadow_outcomes": dict(tap.outcomes),
         }
+
+
+def from_template(policy: Policy, stable: int, canary: int) -> Rollout:
+    """The rollout `policy` starts for a published `canary`: its template (or the defaults)
+    with the versions filled in; "shadow" starts in SHADOW at weight 0 (mirroring everything
+    when the template mirrors nothing), "rollout" at the first step."""
+    t = policy.template or Rollout(model=policy.model, stable=stable, canary=canary)
+    reason = f"version {canary} published (on_publish={policy.on_publish})"
+    if policy.on_publish == "shadow":
+        return replace(
+            t, model=policy.model, stable=stable, canary=canary, weight=0.0,
+            shadow=t.shadow or 1.0, phase=Phase.SHADOW, reason=reason,
+        )  # fmt: skip
+    first = t.steps[0] if t.steps else 1.0
+    return replace(
+        t, model=policy.model, stable=stable, canary=canary, weight=first, phase=Phase.CANARY,
+        reason=reason,
+    )  # fmt: skip
 
 
 def next_step(r: Rollout) -> float | None:

@@ -288,4 +288,3 @@ def _rows(inputs: Outputs) -> int:
     for value in inputs.values():
         return int(value.shape[0]) if value.ndim else 1
     return 1
-

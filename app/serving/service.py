@@ -45,7 +45,9 @@ Api = Literal["predict", "classify", "regress"]
 Edge = Literal["REST", "GRPC"]
 __all__ = ["Classification", "ModelRef", "Serving", "Task"]
 
-RunFn = Callable[[ModelVersion, Signature, dict[str, Array], float | None], Awaitable[dict[str, Array]]]
+RunFn = Callable[
+    [ModelVersion, Signature, dict[str, Array], float | None], Awaitable[dict[str, Array]]
+]
 
 
 class RolloutTap(Protocol):
@@ -53,7 +55,8 @@ class RolloutTap(Protocol):
     active rollout): `app.rollout.shadow.RolloutTap` records the arm and mirrors to the canary.
     A Protocol so the serving layer imports nothing of the rollout package."""
 
-    models: Container[str]
+    @property
+    def models(self) -> Container[str]: ...
 
     async def run_primary(
         self,
@@ -140,6 +143,7 @@ class Serving:
         sig: Signature,
         inputs: dict[str, Array],
         deadline: float | None,
+        *,
         ref: ModelRef | None = None,
     ) -> dict[str, Array]:
         """Every output of `sig` for `inputs`, through the version's runner, within `deadline`
@@ -179,6 +183,7 @@ class Serving:
         inputs: dict[str, Array],
         deadline: float | None,
         output_filter: Sequence[str] = (),
+        *,
         ref: ModelRef | None = None,
     ) -> dict[str, Array]:
         """TF Serving's Predict on a pinned version: checks the inputs against the signature and
@@ -186,7 +191,7 @@ class Serving:
         outputs in filter order (every output when the filter is empty)."""
         checks.predict_inputs(sig, inputs)
         wanted = checks.output_filter(sig, output_filter)
-        outputs = await self.run(mv, sig, inputs, deadline, ref)
+        outputs = await self.run(mv, sig, inputs, deadline, ref=ref)
         if not wanted:
             return outputs
         return {alias: outputs[alias] for alias in wanted}
@@ -197,12 +202,13 @@ class Serving:
         sig: Signature,
         examples: Array,
         deadline: float | None,
+        *,
         ref: ModelRef | None = None,
     ) -> Classification:
         """Classify serialized tf.Examples (1-D object array of bytes) with a classify-shaped
         signature (classifier.cc PreProcess/PostProcessClassificationResult)."""
         in_alias, classes, scores = checks.classify_io(sig)
-        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref)
+        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref=ref)
         return checks.classification(
             outputs.get(classes) if classes else None,
             outputs.get(scores) if scores else None,
@@ -215,11 +221,12 @@ class Serving:
         sig: Signature,
         examples: Array,
         deadline: float | None,
+        *,
         ref: ModelRef | None = None,
     ) -> Array:
         """Regress serialized tf.Examples: a float32 [batch] array (regressor.cc)."""
         in_alias, out_alias = checks.regress_io(sig)
-        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref)
+        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref=ref)
         return checks.regression(outputs[out_alias], len(examples))
 
     async def multi_inference(
