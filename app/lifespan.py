@@ -209,6 +209,7 @@ def grpc_server(settings: Settings, app: FastAPI, reload: Reload) -> GrpcServer 
         ssl_config_file=settings.ssl_config_file,
         health_service=settings.enable_grpc_healthcheck_service,
         stop_grace_seconds=settings.drain_timeout_seconds,
+        route_key_header=settings.route_key_header.lower(),
     )
     if not opts.enabled:
         return None

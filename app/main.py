@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             timeout_ms=settings.rest_api_timeout_in_ms,
             cors=settings.rest_api_enable_cors_support,
             method_name_check=settings.enable_signature_method_name_check,
+            route_key_header=settings.route_key_header.lower().encode("latin-1"),
         ),
         observer=metrics.requests,
     )

@@ -314,6 +314,26 @@ class Settings(BaseSettings):
         description="size cap of --model_cache_dir in bytes (versions no longer in use are"
         " evicted to make room); 0 = no cap",
     )
+    rollout_config_file: str = Field(
+        default="",
+        description="hotserve's rollout file (JSON, or TOML when it ends in .toml) beside "
+        "models.config: per model a weighted/sticky canary rollout and/or a policy for newly "
+        "published versions (see README: Rollouts); re-read live; a bad file keeps the previous "
+        "rollouts. Empty: no file (rollouts only through the admin API)",
+    )
+    rollout_config_poll_wait_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="re-read --rollout_config_file every N s (an entry that cannot apply yet, "
+        "e.g. its stable version still loading, is tried again at every read)",
+    )
+    route_key_header: str = Field(
+        default="X-Route-Key",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description="request header (REST) or metadata key (gRPC, lowercased) whose value makes a "
+        "rollout's split sticky: the same key always lands on the same version for a given split",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -86,6 +86,8 @@ class RestOptions:
     offload_examples: int = 1024
     # How many large requests may decode/encode at once (the `decode` limiter).
     decode_threads: int = 2
+    # --route_key_header, lowercased (ASGI header names are): a rollout's sticky routing key.
+    route_key_header: bytes = b"x-route-key"
 
 
 class Seen:
@@ -235,22 +237,34 @@ class TFServingRest:
                 budget = hint if budget is None else min(budget, hint)
         return None if budget is None else time.monotonic() + budget
 
+    def _ref(self, route: Route, scope: Scope) -> ModelRef:
+        """The model the request names, with its routing key (`--route_key_header`) when it
+        names neither a version nor a label: only those requests may be split by a rollout, so
+        the others skip the header scan."""
+        if route.version is not None or route.label is not None:
+            return ModelRef(route.name, route.version, route.label)
+        wanted = self.options.route_key_header
+        for key, value in scope["headers"]:
+            if key == wanted:
+                return ModelRef(route.name, key=value.decode("latin-1"))
+        return ModelRef(route.name)
+
     async def _infer(self, route: Route, body: bytes, scope: Scope) -> bytes:
         deadline = self._deadline(scope)
+        ref = self._ref(route, scope)
         if route.kind == "predict":
-            return await self._predict(route, body, deadline)
-        return await self._examples(route, body, deadline)
+            return await self._predict(ref, body, deadline)
+        return await self._examples(route.kind, ref, body, deadline)
 
     def _signature(self, mv: ModelVersion, name: str, verb: Api) -> Signature:
         """The serving layer's lookup and method check, with the REST edge's wording."""
         return self._serving.signature(mv, name, verb, edge="REST")
 
-    async def _predict(self, route: Route, body: bytes, deadline: float | None) -> bytes:
+    async def _predict(self, ref: ModelRef, body: bytes, deadline: float | None) -> bytes:
         heavy = self._big(body)
         # A malformed body is a 400 even for an unknown model: parse before resolving.
         req = await self._offload(_parse_predict, body) if heavy else _parse_predict(body)
         serving = self._serving
-        ref = ModelRef(route.name, route.version, route.label)
         with serving.pin(ref) as mv:
             sig = self._signature(mv, req.signature_name, "predict")
             if heavy:
@@ -263,8 +277,9 @@ class TFServingRest:
             return await self._offload(codec.encode_predict, outputs, req.columnar)
         return codec.encode_predict(outputs, req.columnar)
 
-    async def _examples(self, route: Route, body: bytes, deadline: float | None) -> bytes:
-        verb = route.kind
+    async def _examples(
+        self, verb: str, ref: ModelRef, body: bytes, deadline: float | None
+    ) -> bytes:
         heavy = self._big(body)
         if heavy:
             sig_name, context, examples = await self._offload(_parse_examples, body, verb)
@@ -272,7 +287,6 @@ class TFServingRest:
             sig_name, context, examples = _parse_examples(body, verb)
         api: Api = "classify" if verb == "classify" else "regress"
         serving = self._serving
-        ref = ModelRef(route.name, route.version, route.label)
         with serving.pin(ref) as mv:
             sig = self._signature(mv, sig_name, api)
             serialize = mv.servable.serialize_examples

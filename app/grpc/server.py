@@ -59,6 +59,7 @@ class GrpcOptions:
     ssl_config_file: str = ""
     health_service: bool = False
     stop_grace_seconds: float = 30.0
+    route_key_header: str = "x-route-key"  # metadata key (lowercase) of a rollout's routing key
 
     @property
     def enabled(self) -> bool:
@@ -165,7 +166,8 @@ class GrpcServer:
         """Bind, start, report started, then serve until `stop()` (or cancellation)."""
         server = grpc.aio.server(options=server_options(self.opts))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self._serving, self._observer), server
+            PredictionService(self._serving, self._observer, self.opts.route_key_header.lower()),
+            server,
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(self._serving, self._reload), server

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -65,8 +66,12 @@ DECODE_THREADS = 2
 _CODES = {code.name: code.value[0] for code in grpc.StatusCode}
 
 
-def model_ref(spec: Any, has_spec: bool = True) -> ModelRef:
-    """A ModelSpec as a ModelRef (version or version_label; neither = latest)."""
+def model_ref(
+    spec: Any, has_spec: bool = True, key: Callable[[], str | None] | None = None
+) -> ModelRef:
+    """A ModelSpec as a ModelRef (version or version_label; neither = latest). `key` reads the
+    request's routing key; it is called only when neither is given (a rollout splits only the
+    default route), so named requests skip the metadata scan."""
     if not has_spec:
         raise InvalidArgument("Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
@@ -74,7 +79,17 @@ def model_ref(spec: Any, has_spec: bool = True) -> ModelRef:
         return ModelRef(spec.name, version=spec.version.value)
     if choice == "version_label":
         return ModelRef(spec.name, label=spec.version_label)
-    return ModelRef(spec.name)
+    return ModelRef(spec.name, key=key() if key is not None else None)
+
+
+def route_key(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
+    """The value of metadata key `name` (lowercase, as gRPC keys are), None when absent; a
+    binary (`-bin`) value is decoded as Latin-1."""
+    for item in context.invocation_metadata() or ():
+        if item[0] == name:
+            value = item[1]
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
 
 
 def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -149,10 +164,21 @@ def _encode(outputs: dict[str, Array]) -> Any:
 
 
 class _Edge:
-    def __init__(self, serving: Serving, observer: RequestObserver | None) -> None:
+    def __init__(
+        self, serving: Serving, observer: RequestObserver | None, key_header: str = "x-route-key"
+    ) -> None:
         self._serving = serving
         self._observer = observer
+        self._key_header = key_header
         self._limiter: anyio.CapacityLimiter | None = None
+
+    def _ref(self, request: Any, context: Any) -> ModelRef:
+        """The request's ModelSpec as a ModelRef, with the routing key from the metadata."""
+        return model_ref(
+            request.model_spec,
+            request.HasField("model_spec"),
+            lambda: route_key(context, self._key_header),
+        )
 
     async def _offload(self, fn: Callable[[T], R], arg: T, big: bool) -> R:
         """`fn(arg)` inline when small, else in a worker thread (at most DECODE_THREADS at
@@ -199,7 +225,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
 
     async def Predict(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = model_ref(request.model_spec, request.HasField("model_spec"))
+            ref = self._ref(request, context)
             serving = self._serving
             with serving.pin(ref) as mv:
                 sig = serving.signature(mv, request.model_spec.signature_name, "predict")
@@ -221,7 +247,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
 
     async def Classify(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = model_ref(request.model_spec, request.HasField("model_spec"))
+            ref = self._ref(request, context)
             examples = serialized_examples(request.input)
             serving = self._serving
             with serving.pin(ref) as mv:
@@ -240,7 +266,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
 
     async def Regress(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            ref = model_ref(request.model_spec, request.HasField("model_spec"))
+            ref = self._ref(request, context)
             examples = serialized_examples(request.input)
             serving = self._serving
             with serving.pin(ref) as mv:
@@ -273,7 +299,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             examples = serialized_examples(request.input)
             plan = [Task(t.model_spec.signature_name, t.method_name) for t in request.tasks]
             serving = self._serving
-            with serving.pin(model_ref(request.tasks[0].model_spec)) as mv:
+            key = partial(route_key, context, self._key_header)
+            with serving.pin(model_ref(request.tasks[0].model_spec, key=key)) as mv:
                 results = await serving.multi_inference(mv, plan, examples, deadline_of(context))
                 version = mv.id.version
             response = inference_pb2.MultiInferenceResponse()
