@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ from app.core.source import VersionScanner, VersionSource
 from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState, VersionStatus
 from app.errors import ConfigError, FailedPrecondition, NotFound
 from app.metrics import Metrics
+from app.rollout.source import RolloutFileSource
+from app.rollout.table import RolloutTable
 from app.settings import Settings
 from app.shutdown import remaining
 from app.storage.cache import VersionCache
@@ -316,6 +319,19 @@ def notice_exit_signals(notice: Callable[[], None]) -> Iterator[None]:
                 signal.signal(sig, chained)
 
 
+def rollout_source(app: FastAPI, settings: Settings) -> RolloutFileSource | None:
+    """Empty the rollout table (a rollout belongs to the registry it was set on) and make the
+    --rollout_config_file poller, if a file is configured."""
+    table: RolloutTable | None = getattr(app.state, "rollouts", None)
+    if table is None:
+        return None
+    table.reset()
+    if not settings.rollout_config_file:
+        return None
+    path = Path(settings.rollout_config_file)
+    return RolloutFileSource(path, table, settings.rollout_config_poll_wait_seconds)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -363,6 +379,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
+    rollout_file = rollout_source(app, settings)
     app.state.reload_config = (
         config_reloader(settings, registry, source) if settings.model_config_file else None
     )
@@ -383,7 +400,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await tg.start(registry.run)
             await _start_rollouts(tg, app)
             discovery = anyio.CancelScope()
-            tg.start_soon(_discover, discovery, settings, registry, source, configs)
+            tg.start_soon(
+                partial(_discover, rollout_file=rollout_file),
+                discovery, settings, registry, source, configs,
+            )  # fmt: skip
             if gate is not None:  # a restarted worker accepts once it serves what the others do
                 await gate.caught_up(registry)
             if grpc is not None:
@@ -432,10 +452,15 @@ async def _discover(
     registry: Registry,
     source: VersionSource,
     configs: list[ModelConfig],
+    *,
+    rollout_file: RolloutFileSource | None = None,
 ) -> None:
-    """Version discovery and models.config polling, under one scope the shutdown cancels."""
+    """Version discovery, models.config and rollout file polling, under one scope the
+    shutdown cancels."""
     with scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(source.run)
+            if rollout_file is not None:
+                tg.start_soon(rollout_file.run)
             if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
                 tg.start_soon(poll_config, settings, registry, source, configs)

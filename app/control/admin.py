@@ -17,6 +17,7 @@ Routes (documented in the OpenAPI page under the `admin` tag):
   POST   /admin/v1/models/{name}/versions/{v}/unload?force=false
   PUT    /admin/v1/models/{name}/pin              {"version": v}; DELETE unpins
   PUT    /admin/v1/models/{name}/labels/{label}   {"version": v}; DELETE removes the label
+  .../rollouts, .../models/{name}/rollout[/promote|rollback|pause|resume]   app.control.rollouts
 Errors are `{"error": "..."}` with the status of `app.api.errors` (one table).
 """
 
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.errors import http_status
 from app.control.actions import AdminActions
 from app.control.events import EventLog
+from app.control.rollouts import install_rollout_routes
 from app.control.status import model_document, status_document
 from app.control.traffic import Traffic
 from app.core.registry import Registry
@@ -178,6 +180,7 @@ def install_admin(app: FastAPI, settings: Settings) -> bool:
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Security(bearer)])
     _read_routes(router, app, registry, events, traffic)
     _change_routes(router, actions)
+    install_rollout_routes(router, lambda: app.state.rollouts, _change)
     app.include_router(router)
     app.add_middleware(AdminAuth, token=token)
     log.info("admin API on under %s (bearer token)", PREFIX)
@@ -195,12 +198,14 @@ def _read_routes(
     async def status() -> JSONResponse:
         reg: Registry | None = app.state.registry
         shutting_down = bool(getattr(app.state, "shutting_down", False))
-        return JSONResponse(status_document(reg, events, traffic, shutting_down))
+        rollouts = getattr(app.state, "rollouts", None)
+        return JSONResponse(status_document(reg, events, traffic, shutting_down, rollouts))
 
     @router.get("/models/{name}", summary="One model: versions, durations, in-flight, events")
     async def model(name: NAME) -> JSONResponse:
         async def build() -> dict[str, Any]:
-            return model_document(registry(), events, traffic, name, event_limit=50)
+            rollouts = getattr(app.state, "rollouts", None)
+            return model_document(registry(), events, traffic, name, 50, rollouts=rollouts)
 
         return await _answer(build(), lambda doc: doc)
 

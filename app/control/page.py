@@ -92,6 +92,14 @@ function model(m) {
     title.appendChild(el('span', 'pinned to ' + m.pinned_version, 'badge pin'));
   }
   box.appendChild(title);
+  const ro = m.rollout && m.rollout.rollout;
+  if (ro) {  // issue 11: the rollout's arms, weights, phase and reason
+    let text = 'rollout: stable ' + ro.stable + ' / canary ' + ro.canary + ' at ' +
+      num(ro.canary_percent, 1) + '% (shadow ' + num(ro.shadow_percent, 1) + '%), ' + ro.phase;
+    if (ro.reason) text += ': ' + ro.reason;
+    const line = el('div', text, ro.phase === 'rolled_back' ? 'err' : '');
+    line.dataset.role = 'rollout'; box.appendChild(line);
+  }
   const table = el('table'); const head = el('tr');
   const columns = ['version', 'state', 'route', 'in flight', 'req/s', 'p99 ms', 'load s',
                    'warmup s', 'error'];

@@ -43,6 +43,7 @@ from types import MappingProxyType
 from app.core.overrides import Overrides, RouteSplit
 from app.core.registry import Registry
 from app.errors import FailedPrecondition, InvalidArgument, NotFound
+from app.rollout.config import RolloutBody, phase_of, to_rollout
 from app.rollout.spec import Phase, Policy, Rollout
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,12 @@ class RolloutTable:
         self._policies: Mapping[str, Policy] = _NO_POLICIES
         self._listeners: list[Listener] = []
         self._events: deque[RolloutEvent] = deque(maxlen=MAX_EVENTS)
+
+    def reset(self) -> None:
+        """Forget every rollout, policy and event (a new registry: the lifespan's start).
+        Listeners stay."""
+        self._rollouts, self._policies = _EMPTY, _NO_POLICIES
+        self._events.clear()
 
     # ---- reading (loop thread, lock-free) -------------------------------------------------
 
@@ -162,6 +169,32 @@ class RolloutTable:
         if rollout.phase.over:
             raise InvalidArgument("A rollout starts in phase shadow, canary or paused")
         return self._apply(rollout, "change" if changing else "start", source)
+
+    def apply(self, model: str, body: RolloutBody, source: str = "admin") -> Rollout:
+        """A file entry or admin PUT body: versions/labels resolved, then `start` (or a live
+        change of the active rollout with the same arms), or `promote` / `rollback` when its
+        phase says so (a no-op when the rollout already ended that way)."""
+        reg = self._registry()
+        active = self.active(model)
+        stable = _resolve(reg, model, body.stable, active)
+        canary = _resolve(reg, model, body.canary, active)
+        phase = phase_of(body)
+        if phase.over:
+            current = self.get(model)
+            arms = (stable, canary)
+            if current is not None and (current.phase, current.stable, current.canary) == (
+                phase,
+                *arms,
+            ):
+                return current
+            if active is None or (active.stable, active.canary) != (stable, canary):
+                raise FailedPrecondition(
+                    f"Model {model} has no active rollout from version {stable} to {canary} to end"
+                )
+            if phase is Phase.PROMOTED:
+                return self.promote(model, body.reason or f"promoted by {source}", source)
+            return self.rollback(model, body.reason or f"rolled back by {source}", source)
+        return self.start(to_rollout(model, body, stable, canary), source)
 
     def set_weight(self, model: str, weight: float, reason: str = "", source: str = "") -> Rollout:
         """Move the canary's share of the default route (a step); phase becomes CANARY (from
@@ -309,6 +342,26 @@ def _check_values(r: Rollout) -> None:
         raise InvalidArgument("the last step must be 100 percent")
     if r.step_seconds < 0 or r.window_seconds <= 0:
         raise InvalidArgument("step_seconds must be >= 0 and window_seconds > 0")
+
+
+def _resolve(reg: Registry, name: str, ref: int | str | None, active: Rollout | None) -> int:
+    """A version or label of model `name` -> its version; None -> the active rollout's stable,
+    else the version serving the default route now."""
+    route = reg.snapshot.models.get(name)
+    if isinstance(ref, int):
+        return ref
+    if isinstance(ref, str):
+        version = route.labels.get(ref) if route is not None else None
+        if version is None:
+            reg.on_disk(name)  # NotFound for an unknown model first
+            raise InvalidArgument(f"Unrecognized servable version label: {ref}")
+        return version
+    if active is not None:
+        return active.stable
+    if route is None or route.latest is None:
+        reg.on_disk(name)
+        raise FailedPrecondition(f"Model {name} has no version serving; give stable explicitly")
+    return route.latest.id.version
 
 
 def _require_version(reg: Registry, name: str, version: int) -> None:
