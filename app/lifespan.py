@@ -397,8 +397,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             if gate is not None:
                 await tg.start(gate.run)
-            await tg.start(registry.run)
-            await _start_rollouts(tg, app)
+            await _start_rollouts(tg, app, registry)
             discovery = anyio.CancelScope()
             tg.start_soon(
                 partial(_discover, rollout_file=rollout_file),
@@ -418,11 +417,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 tg.cancel_scope.cancel()
 
 
-async def _start_rollouts(tg: anyio.abc.TaskGroup, app: FastAPI) -> None:
-    """The shadow tasks' owner and the rollout controller (issue 11), in THE task group."""
+async def _start_rollouts(tg: anyio.abc.TaskGroup, app: FastAPI, registry: Registry) -> None:
+    """The registry, then the shadow tasks' owner and the rollout controller (issue 11), in THE
+    task group."""
+    await tg.start(registry.run)
     tap: RolloutTap | None = getattr(app.state, "rollout_tap", None)
     controller: RolloutController | None = getattr(app.state, "rollout_controller", None)
     if tap is not None:
+        tap.reset()
         await tg.start(tap.run)
     if controller is not None:
         await tg.start(controller.run)

@@ -135,6 +135,11 @@ class RolloutTap:
                 self._tg = None
                 tg.cancel_scope.cancel()
 
+    def reset(self) -> None:
+        """Forget every model (a new registry: the lifespan's start, as the table resets)."""
+        self.models.clear()
+        self.taps.clear()
+
     def stop(self) -> None:
         """Shutdown began: no new shadows (running ones finish or are cancelled)."""
         self._tg = None
