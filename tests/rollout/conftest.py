@@ -68,8 +68,12 @@ class RolloutServer:
     def url(self) -> str:
         return self.proc.url
 
-    def set_rollout(self, model: str, entry: dict[str, object]) -> None:
-        """Add/replace one model's entry in the rollout file (atomically: write + rename)."""
+    def set_rollout(self, model: str, rollout: dict[str, object]) -> None:
+        """Add/replace one model's rollout in the rollout file (atomically: write + rename)."""
+        self.write(model, {"rollout": rollout})
+
+    def write(self, model: str, entry: dict[str, object]) -> None:
+        """Add/replace one model's whole entry (rollout and/or policy) in the rollout file."""
         self.entries[model] = entry
         tmp = self.rollout_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"models": self.entries}))
@@ -123,6 +127,7 @@ def rollout_server(
     publish(library / "1", auto, 1)
     cfg = tmp / "models.config"
     extra = dict.fromkeys(MODELS, "model_version_policy { all {} }")
+    extra["plain"] = "model_version_policy { specific { versions: 1 } }"  # the no-rollout twin
     cfg.write_text(models_config({**dict.fromkeys(MODELS, str(base)), "auto": str(auto)}, extra))
     rollout_file = tmp / "rollouts.json"
     rollout_file.write_text('{"models": {}}')
@@ -176,7 +181,9 @@ class Load:
         async with httpx.AsyncClient(timeout=30) as c, anyio.create_task_group() as tg:
             for _ in range(clients):
                 tg.start_soon(self.client, c)
-            await anyio.sleep(seconds)
+            end = time.monotonic() + seconds
+            while not self.stop and time.monotonic() < end:
+                await anyio.sleep(0.05)
             self.stop = True
 
 

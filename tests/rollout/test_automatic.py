@@ -104,9 +104,10 @@ async def test_a_failing_canary_is_rolled_back(rollout_server: RolloutServer, mo
     else:
         entry |= {"canary_percent": 10, "steps": [10, 50, 100]}
     load = Load(f"{srv.url}/v1/models/{model}:predict")
+    srv.set_rollout(model, entry)  # before it applies, the default route is 66 (highest)
+    await wait_phase(srv, model, mode)
     async with anyio.create_task_group() as tg:
         tg.start_soon(load.run_for, 600.0)
-        srv.set_rollout(model, entry)
         await wait_phase(srv, model, "rolled_back", timeout=60)
         rolled_back = time.monotonic()
         await anyio.sleep(1.0)
@@ -141,9 +142,10 @@ async def test_a_far_off_canary_is_rolled_back(rollout_server: RolloutServer, mo
     }  # fmt: skip
     entry |= {"phase": "shadow"} if mode == "shadow" else {"canary_percent": 10, "steps": [10, 100]}
     load = Load(f"{srv.url}/v1/models/{model}:predict")
+    srv.set_rollout(model, entry)  # before it applies, the default route is 66 (highest)
+    await wait_phase(srv, model, mode)
     async with anyio.create_task_group() as tg:
         tg.start_soon(load.run_for, 600.0)
-        srv.set_rollout(model, entry)
         await wait_phase(srv, model, "rolled_back", timeout=60)
         rolled_back = time.monotonic()
         await anyio.sleep(1.0)
@@ -165,13 +167,14 @@ async def test_a_healthy_canary_is_promoted_step_by_step(rollout_server: Rollout
     srv = rollout_server
     load = Load(f"{srv.url}/v1/models/healthy:predict")
     seen: list[float] = []
+    srv.set_rollout(
+        "healthy",
+        {"stable": 1, "canary": 2, "canary_percent": 10, "steps": [10, 50, 100],
+         "step_seconds": 1, "window_seconds": 2, "thresholds": thresholds(min_requests=10)},
+    )  # fmt: skip
+    await wait_phase(srv, "healthy", "canary")
     async with anyio.create_task_group() as tg:
         tg.start_soon(load.run_for, 600.0)
-        srv.set_rollout(
-            "healthy",
-            {"stable": 1, "canary": 2, "canary_percent": 10, "steps": [10, 50, 100],
-             "step_seconds": 1, "window_seconds": 2, "thresholds": thresholds(min_requests=10)},
-        )  # fmt: skip
         with anyio.fail_after(60):
             while True:
                 text = await anyio.to_thread.run_sync(srv.metrics)
