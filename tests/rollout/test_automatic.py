@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import anyio
 import grpc
@@ -18,6 +19,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from app.publish import publish
 from tests.rollout.conftest import (
     FAILING,
     FAR,
@@ -195,3 +197,42 @@ async def test_a_healthy_canary_is_promoted_step_by_step(rollout_server: Rollout
     steps = sample(srv.metrics(), "hotserve_rollout_decisions_total", model="healthy",
                    decision="step")  # fmt: skip
     assert steps == 2.0  # 10 -> 50 -> 100; then promote
+
+
+async def test_a_published_version_enters_a_rollout_and_a_bad_one_is_rolled_back(
+    rollout_server: RolloutServer, library: Path
+) -> None:
+    """`auto` (latest policy, version 1 only) opts in with on_publish "rollout": publishing
+    version 2 does not move the default route at once; version 1 stays loaded and answering while
+    2 walks 10 -> 100 % and is promoted. Then on_publish "shadow" and version 66 (fails every
+    request) is published: it only ever sees mirrored traffic, is rolled back, and version 2
+    answers every request throughout. No client request fails at any point."""
+    srv = rollout_server
+    template = {"canary_percent": 10, "steps": [10, 100], "step_seconds": 1,
+                "window_seconds": 2, "thresholds": thresholds(min_requests=10)}  # fmt: skip
+    srv.write("auto", {"policy": {"on_publish": "rollout", "template": template}})
+    load = Load(f"{srv.url}/v1/models/auto:predict")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run_for, 600.0)
+        await anyio.sleep(1.0)  # the policy is read (0.2 s polls) and version 1 answers
+        published = time.monotonic()
+        await anyio.to_thread.run_sync(publish, library / "2", srv.base, 2)
+        await wait_phase(srv, "auto", "promoted", timeout=60)
+        promoted = time.monotonic()
+        await anyio.sleep(1.0)
+        srv.write("auto", {"policy": {"on_publish": "shadow", "template": template}})
+        await anyio.sleep(1.0)
+        bad = time.monotonic()
+        await anyio.to_thread.run_sync(publish, library / str(FAILING), srv.base, FAILING)
+        await wait_phase(srv, "auto", "rolled_back", timeout=60)
+        await anyio.sleep(1.0)
+        load.stop = True
+    assert not load.failures, load.failures[:3]
+    during = [v for s, v in load.answers if published <= s < promoted]
+    first_two = during.index(2)
+    assert 1 in during[first_two:], "version 1 stopped answering as soon as 2 was available"
+    assert set(versions(load, since=promoted + 0.3)) == {2}
+    assert set(versions(load, since=bad)) == {2}
+    text = srv.metrics()
+    assert sample(text, "hotserve_rollout_decisions_total", model="auto", decision="enter") == 2
+    assert (sample(text, "hotserve_shadow_requests_total", model="auto", outcome="error") or 0) > 0
