@@ -28,6 +28,8 @@ from app.rollout.divergence import Divergence
 from app.rollout.spec import Phase, Thresholds
 
 STABLE = "stable"
+# Samples a p99 needs before it is compared: below 100 the 99th percentile is the maximum.
+P99_SAMPLES = 100
 CANARY = "canary"
 
 
@@ -209,7 +211,7 @@ def verdict(snap: Snapshot, t: Thresholds, phase: Phase) -> Judgement:
         return shadow
     if canary.requests < t.min_requests:
         return Judgement(Verdict.NO_VERDICT, f"{canary.requests}/{t.min_requests} canary requests")
-    slow = _p99_reason("canary", canary.p99_ms, stable, t)
+    slow = _p99_reason("canary", canary.p99_ms, canary.requests, stable, t)
     if slow:
         return Judgement(Verdict.UNHEALTHY, slow)
     return Judgement(Verdict.HEALTHY)
@@ -232,7 +234,7 @@ def _judge_shadow(snap: Snapshot, t: Thresholds, *, required: bool) -> Judgement
     if least is not None and agreement is not None and agreement < least:
         why = f"shadow argmax agreement {agreement:.2%} under {least:.2%}"
         return Judgement(Verdict.UNHEALTHY, why)
-    slow = _p99_reason("shadow", s.p99_ms, snap.stable, t)
+    slow = _p99_reason("shadow", s.p99_ms, s.samples, snap.stable, t)
     if slow:
         return Judgement(Verdict.UNHEALTHY, slow)
     return Judgement(Verdict.HEALTHY)
@@ -245,10 +247,15 @@ def _error_reason(who: str, arm: ArmStats, stable: ArmStats, t: Thresholds) -> s
     )
 
 
-def _p99_reason(who: str, p99_ms: float | None, stable: ArmStats, t: Thresholds) -> str:
-    """Why `who`'s p99 fails against stable's, or "" (also when stable has too few samples to
-    have a p99 worth comparing: at 100% canary weight stable serves nothing)."""
-    if p99_ms is None or stable.p99_ms is None or stable.requests < t.min_requests:
+def _p99_reason(
+    who: str, p99_ms: float | None, samples: int, stable: ArmStats, t: Thresholds
+) -> str:
+    """Why `who`'s p99 fails against stable's, or "". Both sides need `P99_SAMPLES` (and
+    `min_requests`) samples: with fewer, a p99 is the maximum, and a new version's first
+    requests are slow (a cold session's first runs) without the version being slow; at 100%
+    canary weight stable serves nothing and there is no p99 to compare with."""
+    enough = max(t.min_requests, P99_SAMPLES)
+    if p99_ms is None or stable.p99_ms is None or samples < enough or stable.requests < enough:
         return ""
     if p99_ms > t.max_p99_ratio * stable.p99_ms:
         return f"{who} p99 {p99_ms:g} ms over {t.max_p99_ratio:g}x stable's {stable.p99_ms:g} ms"

@@ -48,12 +48,20 @@ def test_an_always_failing_canary_is_judged_before_min_requests() -> None:
 def test_p99_ratio() -> None:
     a = Analysis(10)
     fill(a, "stable", 100, 0.002)
-    fill(a, "canary", 50, 0.010)
+    fill(a, "canary", 99, 0.010)
+    # 99 samples: a p99 would be the maximum (a cold version's first request): not compared yet
+    assert verdict(a.snapshot(now=101), T, Phase.CANARY).verdict is Verdict.HEALTHY
+    fill(a, "canary", 1, 0.010, t0=100.5)
     j = verdict(a.snapshot(now=101), T, Phase.CANARY)
     assert j.verdict is Verdict.UNHEALTHY and "p99" in j.reason
     b = Analysis(10)  # at 100% weight stable serves nothing: no p99 comparison
-    fill(b, "canary", 50, 0.010)
+    fill(b, "canary", 200, 0.010)
     assert verdict(b.snapshot(now=101), T, Phase.CANARY).verdict is Verdict.HEALTHY
+    c = Analysis(10)  # a cold start: 2 slow requests of 300 stay out of the p99
+    fill(c, "stable", 300, 0.002)
+    fill(c, "canary", 2, 0.100)
+    fill(c, "canary", 298, 0.002, t0=100.1)
+    assert verdict(c.snapshot(now=101), T, Phase.CANARY).verdict is Verdict.HEALTHY
 
 
 def test_old_seconds_slide_out_of_the_window() -> None:
