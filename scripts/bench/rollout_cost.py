@@ -6,8 +6,8 @@
 - `shadow`: shadow 100% (a shadow task per request on a canary that answers after one loop
   turn, its divergence compared); the shadow tasks run on the same loop during the primaries'
   loop turns, so this is the whole loop-thread cost of mirroring, not only the primary's.
-The runner answers after one loop turn (no model), so the numbers are the tap's own overhead. Paired rounds
-(the variants back to back, order rotating), median of the per-round means.
+The runner answers after one loop turn (no model), so the numbers are the tap's own overhead.
+Paired rounds (the variants back to back, order rotating), median of the per-round means.
 
     taskset -c 0 .venv/bin/python scripts/bench/rollout_cost.py
 """

@@ -61,7 +61,7 @@ def test_p99_ratio() -> None:
     fill(c, "stable", 300, 0.002)
     fill(c, "canary", 2, 0.100)
     fill(c, "canary", 298, 0.002, t0=100.1)
-    assert verdict(c.snapshot(now=101), T, Phase.CANARY).verdict is Verdict.HEALTHY
+    assert verdict(c.snapshot(now=104), T, Phase.CANARY).verdict is Verdict.HEALTHY
 
 
 def test_old_seconds_slide_out_of_the_window() -> None:
