@@ -110,6 +110,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     serving = app.state.serving = Serving(
         registry, settings.enable_signature_method_name_check, rollouts=tap
     )
+
+    def keyed(model: str, old: object, new: object) -> None:
+        serving.keyed = rollouts.keyed()
+
+    rollouts.add_listener(keyed)
     app.tf_serving_rest = TFServingRest(
         serving=serving,
         options=RestOptions(

@@ -32,6 +32,10 @@ FORBIDDEN = {
              "app.main", "fastapi", "starlette"),
     "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
                 "tensorflow_serving"),
+    # Rollouts (issue 11): the split/table/config build on core and serve nothing themselves.
+    "rollout": ("app.api", "app.grpc", "app.control", "app.runtime", "app.storage", "app.main",
+                "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
+                "tensorflow_serving"),
     # Object-store discovery builds on core's scanner contract; it serves nothing itself.
     "storage": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
                 "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
@@ -63,6 +67,20 @@ def offending(layer: str) -> list[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layer_imports_point_one_way(layer: str) -> None:
     assert offending(layer) == []
+
+
+def test_core_imports_only_the_pure_split_of_rollout() -> None:
+    """Routing reads a rollout's split on the hot path (app.rollout.split: stdlib only); the
+    table, config and file poller build on core, never the other way."""
+    used = {
+        n
+        for path in (APP / "core").rglob("*.py")
+        for n in imports(path)
+        if n == "app.rollout" or n.startswith("app.rollout.")
+    }
+    assert used <= {"app.rollout.split", "app.rollout.split.Split"}
+    split = imports(APP / "rollout" / "split.py")
+    assert not {n for n in split if n.startswith("app")}
 
 
 def test_only_runtime_imports_tensorflow() -> None:

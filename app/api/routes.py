@@ -239,9 +239,9 @@ class TFServingRest:
 
     def _ref(self, route: Route, scope: Scope) -> ModelRef:
         """The model the request names, with its routing key (`--route_key_header`) when it
-        names neither a version nor a label: only those requests may be split by a rollout, so
-        the others skip the header scan."""
-        if route.version is not None or route.label is not None:
+        names neither a version nor a label and some rollout splits (`Serving.keyed`): only
+        those requests may be split, so the others skip the header scan."""
+        if route.version is not None or route.label is not None or not self._serving.keyed:
             return ModelRef(route.name, route.version, route.label)
         wanted = self.options.route_key_header
         for key, value in scope["headers"]:

@@ -10,10 +10,11 @@
   POST   /admin/v1/models/{name}/rollout/pause
   POST   /admin/v1/models/{name}/rollout/resume
 
-Errors as the rest of the admin API: `{"error": ...}`; 400 for a body that does not check or an
-unknown label, 404 for an unknown model or version or no rollout, 409 (FAILED_PRECONDITION) when a
-version that must be AVAILABLE is not, and for every change under `--workers N > 1` (each worker
-has its own table; the rollout file applies to all of them instead). Changes go through
+Errors as the rest of the admin API (one table, app.api.errors): `{"error": ...}`; 400 for a
+body that does not check or an unknown label; 404 for an unknown model or version or no rollout;
+FAILED_PRECONDITION (400, TF Serving's HTTP mapping) when a version that must be AVAILABLE is
+not, and for every change under `--workers N > 1` (each worker has its own table; the rollout
+file applies to all of them instead). Changes go through
 `RolloutTable` (app.rollout.table); handlers run on the event-loop thread and never block.
 """
 

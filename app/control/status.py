@@ -3,8 +3,8 @@
 Built on the event-loop thread from the routing snapshot (what serves), the registry's statuses
 (every version ever tracked), the operator's overrides (pins, labels), the rollout table
 (stable, canary, weights, phase, reason), the event log (durations, swap history) and the
-traffic windows (requests/s, p99). Shared by the admin API's listings and the status page. Base paths are not included: the document names models and versions
-only.
+traffic windows (requests/s, p99). Shared by the admin API's listings and the status page.
+Base paths are not included: the document names models and versions only.
 """
 
 from __future__ import annotations

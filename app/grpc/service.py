@@ -173,12 +173,10 @@ class _Edge:
         self._limiter: anyio.CapacityLimiter | None = None
 
     def _ref(self, request: Any, context: Any) -> ModelRef:
-        """The request's ModelSpec as a ModelRef, with the routing key from the metadata."""
-        return model_ref(
-            request.model_spec,
-            request.HasField("model_spec"),
-            lambda: route_key(context, self._key_header),
-        )
+        """The request's ModelSpec as a ModelRef, with the routing key from the metadata when
+        a rollout splits some model (`Serving.keyed`; read only for the default route)."""
+        key = partial(route_key, context, self._key_header) if self._serving.keyed else None
+        return model_ref(request.model_spec, request.HasField("model_spec"), key)
 
     async def _offload(self, fn: Callable[[T], R], arg: T, big: bool) -> R:
         """`fn(arg)` inline when small, else in a worker thread (at most DECODE_THREADS at
@@ -299,7 +297,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             examples = serialized_examples(request.input)
             plan = [Task(t.model_spec.signature_name, t.method_name) for t in request.tasks]
             serving = self._serving
-            key = partial(route_key, context, self._key_header)
+            key = partial(route_key, context, self._key_header) if serving.keyed else None
             with serving.pin(model_ref(request.tasks[0].model_spec, key=key)) as mv:
                 results = await serving.multi_inference(mv, plan, examples, deadline_of(context))
                 version = mv.id.version

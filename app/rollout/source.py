@@ -7,8 +7,11 @@ stay, as TF Serving keeps its models.config on a bad reload. A good file is appl
 entry, only where an entry differs from the one last applied, so a rollout the controller (or an
 operator) moved since is not reset at every read:
 - a changed or new `rollout` entry -> `RolloutTable.apply` (start, live change, or end it with
-  phase promoted / rolled_back). An entry that cannot apply yet (its stable version still
-  loading at startup, a label not set yet) is logged and tried again at the next read;
+  phase promoted / rolled_back). Its stable version need not be AVAILABLE yet (at startup no
+  version is): both versions are aspired from then on, and until stable is AVAILABLE the default
+  route goes to the canary (or follows the version policy while neither is). An entry that
+  cannot apply yet (a version not on disk yet, a label not set yet) is logged and tried again
+  at the next read;
 - a `rollout` entry removed from the file -> `RolloutTable.clear`: the default route returns to
   the version policy (TF Serving's behaviour);
 - `policy` entries replace the table's policies (read by the controller).
@@ -66,7 +69,7 @@ class RolloutFileSource:
             if self._applied.get(name) == body:
                 continue
             try:
-                self._table.apply(name, body, source="file")
+                self._table.apply(name, body, source="file", stable_loading=True)
             except HotserveError as exc:
                 if self._pending_errors.get(name) != exc.message:
                     log.warning(

@@ -1,11 +1,13 @@
 """The live rollouts: one `Rollout` per model, and the verbs that change them (issue 11).
 
 `RolloutTable` is the one owner of rollouts. The admin API, the rollout file and the controller
-(app.rollout.controller) change them only through its verbs: `start`, `set_weight`, `pause`,
-`resume`, `promote`, `rollback`, `clear`. Each verb checks the request against the registry,
-replaces the model's `Rollout` (an immutable value) in a new mapping assigned in one step, hands
-core its input (`Overrides.split` / `Overrides.withdrawn`, through `Registry.override`, the same
-door the admin overrides use), logs the change at INFO, records an event and calls the listeners.
+(app.rollout.controller) change them only through its verbs: `start` (a `Rollout`) / `apply` (a
+file entry or admin body), `set_weight`, `pause`, `resume`, `promote`, `rollback`, `clear`, and
+`hold_default` (keep a newly published version off the route until a rollout starts). Each
+verb checks the request against the registry, replaces the model's `Rollout` (an immutable
+value) in a new mapping assigned in one step, hands core its input (`Overrides.split` /
+`Overrides.withdrawn`, through `Registry.override`, the same door the admin overrides use), logs
+the change at INFO, records an event and calls the listeners.
 
 What core does with it (app.core.overrides, app.core.lifecycle, app.core.routing):
 - during a rollout (phase shadow, canary, paused) stable and canary are both aspired, so both stay
@@ -24,7 +26,9 @@ A finished rollout (promoted, rolled back) stays in the table with its reason un
 cleared; it routes nothing.
 
 Which arm served a request: `arm(model, version)` ("stable" / "canary" / None), comparing the
-version `app.core.routing.choose` returned with the model's rollout.
+version `app.core.routing.choose` returned with the model's rollout (only default-route requests
+were split: a request that named a version or label is neither arm's sample). `keyed()`: whether
+any rollout splits now (the edges read routing keys only then, `Serving.keyed`).
 
 Threads: every method runs on the event-loop thread; readers (`get`, `rollouts`) take no lock:
 the mapping is replaced whole, never changed in place. Listeners are called on the loop thread
@@ -40,10 +44,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from app.core.overrides import Overrides, RouteSplit
+from app.core.overrides import RouteSplit
 from app.core.registry import Registry
 from app.errors import FailedPrecondition, InvalidArgument, NotFound
 from app.rollout.config import RolloutBody, phase_of, to_rollout
+from app.rollout.rules import check_values, policy_default, require_version, resolve
 from app.rollout.spec import Phase, Policy, Rollout
 
 log = logging.getLogger(__name__)
@@ -96,8 +101,10 @@ class RolloutTable:
     def reset(self) -> None:
         """Forget every rollout, policy and event (a new registry: the lifespan's start).
         Listeners stay."""
-        self._rollouts, self._policies = _EMPTY, _NO_POLICIES
+        old, self._rollouts, self._policies = self._rollouts, _EMPTY, _NO_POLICIES
         self._events.clear()
+        for name, r in old.items():
+            self._notify(name, r, None)
 
     # ---- reading (loop thread, lock-free) -------------------------------------------------
 
@@ -108,6 +115,14 @@ class RolloutTable:
 
     def get(self, model: str) -> Rollout | None:
         return self._rollouts.get(model)
+
+    def keyed(self) -> bool:
+        """Whether some active rollout splits its default route (weight > 0, not in shadow):
+        only then does a request's routing key matter."""
+        return any(
+            not r.phase.over and r.phase is not Phase.SHADOW and r.weight > 0
+            for r in self._rollouts.values()
+        )
 
     def active(self, model: str) -> Rollout | None:
         """The model's rollout if it is not over (shadow, canary or paused)."""
@@ -146,22 +161,27 @@ class RolloutTable:
 
     # ---- verbs ----------------------------------------------------------------------------
 
-    def start(self, rollout: Rollout, source: str = "admin") -> Rollout:
+    def start(
+        self, rollout: Rollout, source: str = "admin", *, stable_loading: bool = False
+    ) -> Rollout:
         """Start a rollout, or change the model's active one live (weight, steps, thresholds...).
 
         Checks: the model is configured and both versions exist (NotFound), they differ and the
         weights are in [0, 1] (InvalidArgument), stable is AVAILABLE (FailedPrecondition: the
-        default route goes there). The canary only has to be on disk: the rollout loads it,
-        and it takes its share once AVAILABLE."""
-        _check_values(rollout)
+        default route goes there) unless `stable_loading` (the rollout file: at startup no
+        version is loaded yet; until stable is, the default route goes to the canary). The
+        canary only has to be on disk: the rollout loads it, and it takes its share once
+        AVAILABLE."""
+        check_values(rollout)
         reg = self._registry()
         name = rollout.model
-        _require_version(reg, name, rollout.stable)
-        _require_version(reg, name, rollout.canary)
+        require_version(reg, name, rollout.stable)
+        require_version(reg, name, rollout.canary)
         route = reg.snapshot.models.get(name)
         old = self.active(name)
         changing = old is not None and (old.stable, old.canary) == (rollout.stable, rollout.canary)
-        if not changing and (route is None or rollout.stable not in route.versions):
+        serving = route is not None and rollout.stable in route.versions
+        if not (changing or serving or stable_loading):
             raise FailedPrecondition(
                 f"Version {rollout.stable} of model {name} is not AVAILABLE; "
                 "a rollout's stable version must be serving"
@@ -170,14 +190,16 @@ class RolloutTable:
             raise InvalidArgument("A rollout starts in phase shadow, canary or paused")
         return self._apply(rollout, "change" if changing else "start", source)
 
-    def apply(self, model: str, body: RolloutBody, source: str = "admin") -> Rollout:
+    def apply(
+        self, model: str, body: RolloutBody, source: str = "admin", *, stable_loading: bool = False
+    ) -> Rollout:
         """A file entry or admin PUT body: versions/labels resolved, then `start` (or a live
         change of the active rollout with the same arms), or `promote` / `rollback` when its
         phase says so (a no-op when the rollout already ended that way)."""
         reg = self._registry()
         active = self.active(model)
-        stable = _resolve(reg, model, body.stable, active)
-        canary = _resolve(reg, model, body.canary, active)
+        stable = resolve(reg, model, body.stable, active)
+        canary = resolve(reg, model, body.canary, active)
         phase = phase_of(body)
         if phase.over:
             current = self.get(model)
@@ -194,7 +216,25 @@ class RolloutTable:
             if phase is Phase.PROMOTED:
                 return self.promote(model, body.reason or f"promoted by {source}", source)
             return self.rollback(model, body.reason or f"rolled back by {source}", source)
-        return self.start(to_rollout(model, body, stable, canary), source)
+        rollout = to_rollout(model, body, stable, canary)
+        return self.start(rollout, source, stable_loading=stable_loading)
+
+    def hold_default(self, model: str) -> int:
+        """Pin the version serving model's default route now, so a version published later
+        loads beside it without taking the route (for `Policy.on_publish` "rollout"/"shadow":
+        the controller then starts a rollout from it). `promote`/`rollback` replace the pin;
+        NotFound / FailedPrecondition when the model has no version serving."""
+        reg = self._registry()
+        route = reg.snapshot.models.get(model)
+        if route is None or route.latest is None:
+            reg.on_disk(model)  # NotFound for an unknown model
+            raise FailedPrecondition(f"Model {model} has no version serving")
+        version = route.latest.id.version
+        now = reg.overrides(model)
+        if now.pin != version:
+            reg.override(model, replace(now, pin=version))
+            log.info("model %s: default route held on version %d (rollout policy)", model, version)
+        return version
 
     def set_weight(self, model: str, weight: float, reason: str = "", source: str = "") -> Rollout:
         """Move the canary's share of the default route (a step); phase becomes CANARY (from
@@ -216,6 +256,7 @@ class RolloutTable:
         return self._apply(replace(r, phase=Phase.PAUSED, reason=reason), "pause", source)
 
     def resume(self, model: str, reason: str = "resumed", source: str = "admin") -> Rollout:
+        """Out of PAUSED: SHADOW at weight 0, else CANARY at the weight it had."""
         r = self._require_active(model)
         phase = Phase.SHADOW if r.weight == 0.0 else Phase.CANARY
         return self._apply(replace(r, phase=phase, reason=reason), "resume", source)
@@ -305,7 +346,7 @@ class RolloutTable:
             withdrawn = withdrawn | {withdraw}
         pin = now.pin
         if keep is not None:
-            pin = None if keep == _policy_default(reg, name, withdrawn, now) else keep
+            pin = None if keep == policy_default(reg, name, withdrawn, now) else keep
         reg.override(name, replace(now, split=split, withdrawn=withdrawn, pin=pin))
 
     def _replace(self, name: str, value: Rollout | None) -> None:
@@ -328,55 +369,3 @@ class RolloutTable:
                 listener(name, old, new)
             except Exception:  # a listener's bug must not undo or block the change
                 log.exception("rollout listener failed for model %s", name)
-
-
-def _check_values(r: Rollout) -> None:
-    if r.stable == r.canary:
-        raise InvalidArgument(f"stable and canary are both version {r.stable}")
-    for what, value in (("weight", r.weight), ("shadow", r.shadow)):
-        if not 0.0 <= value <= 1.0:
-            raise InvalidArgument(f"{what} must be within [0, 100] percent, got {value * 100:g}")
-    if any(not 0.0 < s <= 1.0 for s in r.steps) or list(r.steps) != sorted(r.steps):
-        raise InvalidArgument("steps must be increasing percents within (0, 100]")
-    if r.steps and r.steps[-1] != 1.0:
-        raise InvalidArgument("the last step must be 100 percent")
-    if r.step_seconds < 0 or r.window_seconds <= 0:
-        raise InvalidArgument("step_seconds must be >= 0 and window_seconds > 0")
-
-
-def _resolve(reg: Registry, name: str, ref: int | str | None, active: Rollout | None) -> int:
-    """A version or label of model `name` -> its version; None -> the active rollout's stable,
-    else the version serving the default route now."""
-    route = reg.snapshot.models.get(name)
-    if isinstance(ref, int):
-        return ref
-    if isinstance(ref, str):
-        version = route.labels.get(ref) if route is not None else None
-        if version is None:
-            reg.on_disk(name)  # NotFound for an unknown model first
-            raise InvalidArgument(f"Unrecognized servable version label: {ref}")
-        return version
-    if active is not None:
-        return active.stable
-    if route is None or route.latest is None:
-        reg.on_disk(name)
-        raise FailedPrecondition(f"Model {name} has no version serving; give stable explicitly")
-    return route.latest.id.version
-
-
-def _require_version(reg: Registry, name: str, version: int) -> None:
-    """NotFound unless model `name` is configured and `version` is loaded or on disk."""
-    route = reg.snapshot.models.get(name)
-    if route is not None and version in route.versions:
-        return
-    if version not in reg.on_disk(name):  # NotFound for an unknown model too
-        raise NotFound(f"Could not find version {version} of model {name}")
-
-
-def _policy_default(reg: Registry, name: str, withdrawn: frozenset[int], now: Overrides) -> int:
-    """The version the default route would take unpinned with no rollout: the highest version
-    the version policy and the holds aspire (withdrawn ones taken out), -1 if none."""
-    policy = reg.version_policy(name)
-    picked = policy.select(set(reg.on_disk(name)) - withdrawn)
-    wanted = (set(picked) | now.hold) - now.exclude
-    return max(wanted, default=-1)

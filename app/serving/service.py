@@ -87,6 +87,10 @@ class Serving:
         self._registry = registry
         self.method_name_check = method_name_check
         self.rollouts = rollouts
+        # Whether any model's default route is split by a rollout (set on the loop thread by
+        # app.rollout.table's listener, wired in app.main): the edges read a request's routing
+        # key only then, so a server without rollouts pays one attribute read per request.
+        self.keyed = False
 
     # ---- pinning and lookups ----------------------------------------------------------------
 

@@ -33,7 +33,9 @@ async def test_latest_policy_keeps_both_arms_loaded_and_splits_the_default_route
         table.start(Rollout("m", stable=1, canary=2, weight=0.0, phase=Phase.SHADOW))
         await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "AVAILABLE"})
         assert shares(d) == {1: 400}  # ... but the rollout keeps the route on stable
+        assert not table.keyed()  # shadow: nothing splits, the edges skip the routing key
         table.set_weight("m", 0.5, "step")
+        assert table.keyed()
         got = shares(d)
         assert got[1] > 100 and got[2] > 100
         assert table.get("m") is not None and table.get("m").phase is Phase.CANARY  # type: ignore[union-attr]
@@ -109,3 +111,17 @@ async def test_refusals() -> None:
             table.promote("m")
         with pytest.raises(NotFound, match="has no rollout"):
             table.clear("m")
+
+
+async def test_hold_default_keeps_a_new_version_off_the_route_until_a_rollout_promotes_it() -> None:
+    async with Driver(ScriptedLoader()).running() as d:
+        table = await serving_1_with_2_on_disk(d)
+        assert table.hold_default("m") == 1
+        await d.offer("m", 1, 2)  # published: loads beside 1, takes no traffic
+        await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "AVAILABLE"})
+        assert shares(d) == {1: 400}
+        table.start(Rollout("m", stable=1, canary=2, weight=0.5))
+        assert set(shares(d)) == {1, 2}
+        table.promote("m")
+        assert d.registry.overrides("m").pin is None
+        await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "END"})
