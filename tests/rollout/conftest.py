@@ -144,9 +144,24 @@ def rollout_server(
     )
     proc.start(tmp / "server.log", ready_timeout=120)
     try:
+        wait_all_available(proc.url, {m: 1 if m == "plain" else 4 for m in MODELS})
         yield RolloutServer(proc, f"127.0.0.1:{grpc_port}", rollout_file, auto)
     finally:
         proc.stop()
+
+
+def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -> None:
+    """Ready means each model serves *a* version; the tests need every version loaded (a
+    rollout routes to whichever of its arms is AVAILABLE while the other loads)."""
+    deadline = time.monotonic() + timeout
+    for model, n in counts.items():
+        while True:
+            states = httpx.get(f"{url}/v1/models/{model}", timeout=5).json()
+            available = [s for s in states["model_version_status"] if s["state"] == "AVAILABLE"]
+            if len(available) == n:
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
 
 
 @dataclass
