@@ -33,7 +33,9 @@ for v in (1, 2, 40):
 export_failing_half_plus(out / "66", 66.0)
 """
 MODELS = ("plain", "shadowed", "fail_shadow", "fail_canary", "far_shadow", "far_canary", "healthy")
+TOKEN = "rollout-tests-token"
 ENV = {
+    "HOTSERVE_ADMIN_TOKEN": TOKEN,
     "HOTSERVE_VERSION_SETTLE_SECONDS": "0.2",
     "HOTSERVE_FILE_SYSTEM_POLL_WAIT_SECONDS": "1",
     "HOTSERVE_MAX_NUM_LOAD_RETRIES": "0",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,6 +24,7 @@ from app.publish import publish
 from tests.rollout.conftest import (
     FAILING,
     FAR,
+    TOKEN,
     Load,
     RolloutServer,
     p99,
@@ -79,6 +81,11 @@ async def test_shadow_answers_are_never_returned_and_cost_the_primary_little(
     assert ok > 20, text
     diff = sample(text, "hotserve_shadow_divergence_max", model="shadowed")
     assert diff is not None and math.isclose(diff, 1.0, rel_tol=1e-5)  # bias 2 vs 1
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    doc = httpx.get(f"{srv.url}/admin/v1/models/shadowed", headers=auth, timeout=10).json()
+    analysis = doc["rollout"]["analysis"]  # what the status page shows
+    assert analysis["window"]["shadow"]["samples"] > 20 and analysis["verdict"] == "healthy"
+    assert analysis["window"]["shadow"]["max_abs_diff"] == 1.0
 
     ratios = []
     for _ in range(3):
