@@ -213,11 +213,12 @@ class Narrator:
             say(f"         window: {'; '.join(window)}")
         say(f"         answers since the last line: {answers}")
 
-    def until(self, phases: set[str], timeout: float) -> dict[str, Any]:
+    def until(self, canary: int, phases: set[str], timeout: float) -> dict[str, Any]:
+        """Narrate until the rollout of `canary` reaches one of `phases`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = self.poll()
-            if r is not None and r.get("phase") in phases:
+            if r is not None and r.get("canary") == canary and r.get("phase") in phases:
                 return r
             time.sleep(0.25)
         raise SystemExit(f"no {phases} within {timeout}s")
@@ -273,14 +274,14 @@ def main() -> None:
             say(f"answers so far: {dict(load.take())}")
             say("publishing v2 (0.5x + 3): it enters a rollout instead of taking all traffic")
             publish(demo / "2", base, 2)
-            narrator.until({"promoted", "rolled_back"}, timeout=120)
+            narrator.until(2, {"promoted", "rolled_back"}, timeout=120)
             time.sleep(2)
             say(f"answers after the promotion: {dict(load.take())}")
             write_policy(rollout_file, "rollout")
             time.sleep(1.5)
             say("policy now on_publish=rollout (canary 10% at once); publishing v3, broken")
             publish(bad, base, 3)
-            narrator.until({"rolled_back", "promoted"}, timeout=120)
+            narrator.until(3, {"rolled_back", "promoted"}, timeout=120)
             time.sleep(2)
             say(f"answers after the rollback: {dict(load.take())}")
         log = (tmp / "server.log").read_text(errors="replace")
