@@ -245,7 +245,7 @@ class TFServingRest:
             return ModelRef(route.name, route.version, route.label)
         wanted = self.options.route_key_header
         for key, value in scope["headers"]:
-            if key == wanted:
+            if key == wanted and value:  # an empty value is no key (not one shared bucket)
                 return ModelRef(route.name, key=value.decode("latin-1"))
         return ModelRef(route.name)
 

@@ -83,10 +83,10 @@ def model_ref(
 
 
 def route_key(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
-    """The value of metadata key `name` (lowercase, as gRPC keys are), None when absent; a
-    binary (`-bin`) value is decoded as Latin-1."""
+    """The value of metadata key `name` (lowercase, as gRPC keys are), None when absent or
+    empty; a binary (`-bin`) value is decoded as Latin-1."""
     for item in context.invocation_metadata() or ():
-        if item[0] == name:
+        if item[0] == name and item[1]:  # an empty value is no key, as over REST
             value = item[1]
             return value.decode("latin-1") if isinstance(value, bytes) else str(value)
     return None

@@ -212,3 +212,48 @@ def test_a_file_change_applies_live(split_server: tuple[Clients, Path]) -> None:
     rollouts.write_text("{not json")  # a bad file keeps the rollout
     until(lambda: "keeping the previous rollouts" in c.server.proc.log())
     assert c.admin("GET", "/models/hs/rollout")["rollout"]["canary_percent"] == 70
+
+
+def test_rollback_under_latest_keeps_stable_and_the_next_scans_do_not_bring_the_canary_back(
+    tmp_path: Path, bias_versions: Path
+) -> None:
+    """Its own server: a rollback ends the module's shared rollout. `latest` policy, 1 s scans;
+    the file still names the rollout (unchanged entries are not applied again)."""
+    base = tmp_path / "hs"
+    for v in (1, 2):
+        publish(bias_versions / str(v), base, v)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
+    rollouts.write_bytes(orjson.dumps({"models": {"hs": {"rollout": entry}}}))
+    args = [
+        "--model_name=hs",
+        f"--model_base_path={base}",
+        f"--rollout_config_file={rollouts}",
+        "--rollout_config_poll_wait_seconds=0.2",
+    ]
+    server = start(args, tmp_path / "server.log", env={**ENV, "HOTSERVE_ADMIN_TOKEN": TOKEN})
+    c = Clients(server)
+    try:
+        until(lambda: c.states() == {2: "AVAILABLE", 1: "AVAILABLE"})
+        assert set(Counter(c.rest() for _ in range(100))) == {1, 2}
+        c.admin("POST", "/models/hs/rollout/rollback", {"reason": "test"})
+        assert {c.grpc() for _ in range(50)} == {1}  # at once
+        until(lambda: c.states() == {2: "END", 1: "AVAILABLE"})
+        assert {c.rest(k) for k in [None, *KEYS[:50]]} == {1}
+        assert c.admin("GET", "/models/hs/rollout")["rollout"]["phase"] == "rolled_back"
+        # The next scans (the one that finds 3 among them) never load 2 again, and a newer
+        # version is served as usual.
+        publish(bias_versions / "3", base, 3)
+        seen_2: set[str] = set()
+
+        def settled() -> bool:
+            states = c.states()
+            seen_2.add(states[2])
+            return states == {3: "AVAILABLE", 2: "END", 1: "END"}
+
+        until(settled)
+        assert seen_2 == {"END"}
+        assert {c.rest() for _ in range(20)} == {3}
+    finally:
+        c.http.close()
+        stop(server)
