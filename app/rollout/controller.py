@@ -1,7 +1,7 @@
 """The rollout controller: analysis drives automatic rollouts step by step (issue 11).
 
 A task in the lifespan's task group (`run`). About once a second (`interval`), for every model
-whose rollout is active, automatic and not paused, it takes the analysis window
+whose rollout is active, it takes the analysis window
 (`app.rollout.shadow.RolloutTap` records it on the request path) and judges it
 (`app.rollout.analysis.verdict` against the rollout's `Thresholds`):
 
@@ -9,9 +9,18 @@ whose rollout is active, automatic and not paused, it takes the analysis window
 - HEALTHY, and `step_seconds` spent at the current weight: the next step — from SHADOW to the
   first step, then through `steps` (5 -> 25 -> 50 -> 100 %), and from 100 % to PROMOTED;
 - NO_VERDICT: wait for samples.
+Manual (`automatic: false`) and PAUSED rollouts are judged the same way (the verdict is shown on
+the status page) but never acted on.
 The table's verbs log each change, record it in the rollout events (admin API, status page) and
 call the listeners; the controller adds the decision counters (`hotserve_rollout_decisions_total`
 and friends, `RolloutMetrics`) and a log line with the numbers it acted on.
+
+Auto-enter (`Policy.on_publish` "rollout" | "shadow", opt-in per model): `version_state`, the
+registry's state observer, sees a newer version start LOADING and the controller starts a
+rollout from the policy's template with the version serving now as stable (`enter`), before the
+new version can be AVAILABLE. This relies on the default availability-preserving load policy
+(new version loaded beside the old); under `--load_policy=resource_preserving` the old version
+is unloaded before the new one loads, so there is no stable left to hold and `enter` declines.
 
 It also follows the table (a listener) to keep the tap in step: a new or changed rollout is
 tracked, a finished one is dropped; a weight change restarts the step clock.
@@ -154,7 +163,7 @@ class RolloutController:
         """One evaluation of every active automatic rollout (loop thread)."""
         now = time.monotonic() if now is None else now
         for model, rollout in list(self.table.rollouts.items()):
-            if rollout.phase.over or rollout.phase is Phase.PAUSED:
+            if rollout.phase.over:
                 continue
             tap = self.tap.taps.get(model)
             if tap is None:
@@ -162,8 +171,8 @@ class RolloutController:
             snap = tap.analysis.snapshot(now)
             judged = verdict(snap, rollout.thresholds, rollout.phase)
             self.judgements[model] = judged
-            if not rollout.automatic:
-                continue
+            if not rollout.automatic or rollout.phase is Phase.PAUSED:
+                continue  # judged and shown, not acted on
             try:
                 self._act(model, rollout, judged, now, snap.as_dict())
             except HotserveError as exc:  # e.g. the canary is not AVAILABLE to promote yet
