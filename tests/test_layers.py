@@ -36,6 +36,11 @@ FORBIDDEN = {
     "rollout": ("app.api", "app.grpc", "app.control", "app.runtime", "app.storage", "app.main",
                 "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
                 "tensorflow_serving"),
+    # Rollouts (issue 11) build on core and the serving layer's plain values; the edges reach
+    # them through Serving (a Protocol), the lifespan and main wire them in.
+    "rollout": ("app.api", "app.grpc", "app.runtime", "app.storage", "app.main",
+                "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
+                "tensorflow_serving"),
     # Object-store discovery builds on core's scanner contract; it serves nothing itself.
     "storage": ("app.api", "app.control", "app.runtime", "app.main", "app.lifespan", "app.cli",
                 "fastapi", "starlette", "tensorflow", "tensorflow_serving"),
