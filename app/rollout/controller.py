@@ -39,6 +39,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from app.core.registry import Registry
 from app.core.types import VersionState, VersionStatus
@@ -67,9 +68,8 @@ class RolloutController:
     ) -> None:
         self.table = table
         self._registry = registry
-        self._published, self._published_out = anyio.create_memory_object_stream[tuple[str, int]](
-            64
-        )
+        # Newly published versions to enter (model, version): open only while `run` runs.
+        self._published: MemoryObjectSendStream[tuple[str, int]] | None = None
         self.tap = tap
         self.metrics = metrics or RolloutMetrics(lambda: table.rollouts, tap)
         self.interval = interval
@@ -84,15 +84,20 @@ class RolloutController:
     ) -> None:
         """Evaluate every `interval` seconds, and enter newly published versions, until
         cancelled (lifespan shutdown)."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._enter_published)
-            task_status.started()
-            while True:
-                await anyio.sleep(self.interval)
-                try:
-                    self.tick()
-                except Exception:  # a bug here must not end automatic rollback for every model
-                    log.exception("rollout controller: evaluation failed")
+        send, receive = anyio.create_memory_object_stream[tuple[str, int]](64)
+        self._published = send
+        try:
+            async with send, receive, anyio.create_task_group() as tg:
+                tg.start_soon(self._enter_published, receive)
+                task_status.started()
+                while True:
+                    await anyio.sleep(self.interval)
+                    try:
+                        self.tick()
+                    except Exception:  # a bug here must not end automatic rollback everywhere
+                        log.exception("rollout controller: evaluation failed")
+        finally:
+            self._published = None
 
     # ---- auto-enter (Policy.on_publish) --------------------------------------------------
 
@@ -108,14 +113,16 @@ class RolloutController:
         policy = self.table.policies.get(model)
         if policy is None or policy.on_publish not in ("rollout", "shadow"):
             return
+        if self._published is None:  # not running (starting or shutting down)
+            return
         try:
             self._published.send_nowait((model, status.version))
         except anyio.WouldBlock:
             log.warning("rollout of model %s: too many publications queued, %d not entered",
                         model, status.version)  # fmt: skip
 
-    async def _enter_published(self) -> None:
-        async for model, version in self._published_out:
+    async def _enter_published(self, receive: MemoryObjectReceiveStream[tuple[str, int]]) -> None:
+        async for model, version in receive:
             try:
                 self.enter(model, version)
             except HotserveError as exc:
