@@ -1,6 +1,7 @@
 """The rollout controller: analysis drives automatic rollouts step by step (issue 11).
 
-A task in the lifespan's task group (`run`). About once a second (`interval`), for every model
+A task in the lifespan's task group (`run`). About once a second (`interval`), and at once
+when the tap reports a canary or shadow error (at most every `MIN_GAP_SECONDS`), for every model
 whose rollout is active, it takes the analysis window
 (`app.rollout.shadow.RolloutTap` records it on the request path) and judges it
 (`app.rollout.analysis.verdict` against the rollout's `Thresholds`):
@@ -53,6 +54,9 @@ from app.rollout.table import RolloutTable
 log = logging.getLogger(__name__)
 
 DECISIONS = ("step", "promote", "rollback", "enter")
+# Evaluations woken by canary errors come at most this often (seconds): a failing canary's
+# error burst costs ~20 window summaries a second, not one per error.
+MIN_GAP_SECONDS = 0.05
 
 
 class RolloutController:
@@ -70,6 +74,8 @@ class RolloutController:
         self._registry = registry
         # Newly published versions to enter (model, version): open only while `run` runs.
         self._published: MemoryObjectSendStream[tuple[str, int]] | None = None
+        self._wake: anyio.Event | None = None
+        tap.on_canary_error = self._poke
         self.tap = tap
         self.metrics = metrics or RolloutMetrics(lambda: table.rollouts, tap)
         self.interval = interval
@@ -91,13 +97,23 @@ class RolloutController:
                 tg.start_soon(self._enter_published, receive)
                 task_status.started()
                 while True:
-                    await anyio.sleep(self.interval)
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(self.interval):
+                        await self._wake.wait()  # or sooner: a canary error (tap.on_canary_error)
                     try:
                         self.tick()
                     except Exception:  # a bug here must not end automatic rollback everywhere
                         log.exception("rollout controller: evaluation failed")
+                    await anyio.sleep(MIN_GAP_SECONDS)
         finally:
             self._published = None
+            self._wake = None
+
+    def _poke(self, model: str) -> None:
+        """The tap saw a canary (or shadow) error: evaluate now rather than at the next
+        interval, so a broken canary fails fewer requests before its rollback."""
+        if self._wake is not None:
+            self._wake.set()
 
     # ---- auto-enter (Policy.on_publish) --------------------------------------------------
 

@@ -119,6 +119,9 @@ class RolloutTap:
         self.totals: dict[tuple[str, str], int] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._limiter = anyio.CapacityLimiter(1)  # big divergence comparisons, one at a time
+        # Called (loop thread) with the model's name at every canary or shadow error: the
+        # controller evaluates at once instead of at its next interval.
+        self.on_canary_error: Callable[[str], None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -200,6 +203,8 @@ class RolloutTap:
             now = time.monotonic()
             if arm:
                 tap.analysis.record(arm, now - started, ok, now)
+                if not ok and arm == CANARY and self.on_canary_error is not None:
+                    self.on_canary_error(mv.id.name)
             if primary is not None:
                 primary.done.set()
         return out
@@ -288,6 +293,8 @@ class RolloutTap:
             return "ok" if answer is not None else "error"  # the rollout changed meanwhile
         if answer is None:
             tap.analysis.record_shadow(elapsed, None)
+            if self.on_canary_error is not None:
+                self.on_canary_error(model)
             return "error"
         d = await divergence.compare_async(primary, answer, self._limiter)
         tap.analysis.record_shadow(elapsed, d)
