@@ -20,9 +20,13 @@ primary's runner has `busy_in_flight` or more requests in flight (overload: shad
 dropped first). A shadow over budget is dropped, never queued, and counted.
 
 What counts as an error: whatever the runner raised (the model call failed, the queue was full,
-the deadline passed) except cancellation (the client went away). Input checks run before the
-runner, so a malformed request is never recorded; a request the model itself rejects fails on
-both arms alike and cancels out of the comparison.
+the deadline passed) except cancellation (the client went away) and InvalidArgument. Input checks
+run before the runner, so a malformed request is never recorded. A request the model itself
+rejects (InvalidArgument: a tf.Example without a feature it parses, an Assert on the inputs) is
+the client's fault on any version: stable's is not recorded, and a canary's is recorded as a
+canary error only once stable answered the same inputs (`_check_on_stable`, a task within the
+shadow budget): so one bad client request on a 5% canary cannot roll it back, while a canary
+that rejects what stable answers still is.
 
 Threading: all on the event-loop thread (the serving layer's thread); shadow tasks run in the
 tap's own task group, started by the lifespan (`run`).
@@ -44,7 +48,7 @@ import numpy as np
 from app.core.registry import Lease, Registry
 from app.core.types import Signature
 from app.core.versions import ModelVersion
-from app.errors import HotserveError
+from app.errors import HotserveError, InvalidArgument
 from app.rollout import divergence
 from app.rollout.analysis import CANARY, STABLE, Analysis
 from app.rollout.spec import Rollout
@@ -199,6 +203,13 @@ class RolloutTap:
         except anyio.get_cancelled_exc_class():
             arm = ""  # the client went away: neither arm's fault
             raise
+        except InvalidArgument:
+            # The model rejected these inputs: on any version that is the client's fault, so it
+            # is not recorded as is; a canary's counts only once stable answers the same inputs.
+            if arm == CANARY:
+                self._confirm_on_stable(tap, mv, sig, inputs, time.monotonic() - started)
+            arm = ""
+            raise
         finally:
             now = time.monotonic()
             if arm:
@@ -230,6 +241,43 @@ class RolloutTap:
             self._shadow, _Job(tap, mv.id.name, sig.name, inputs, deadline, primary, rows)
         )
         return primary
+
+    def _confirm_on_stable(
+        self, tap: ModelTap, mv: ModelVersion, sig: Signature, inputs: Outputs, seconds: float
+    ) -> None:
+        """Start `_check_on_stable` within the shadow budget (over it: not counted at all)."""
+        tg = self._tg
+        if tg is None or tap.in_flight >= self.budget.max_in_flight:
+            return
+        tap.in_flight += 1
+        tg.start_soon(self._check_on_stable, tap, mv.id.name, sig.name, inputs, seconds)
+
+    async def _check_on_stable(
+        self, tap: ModelTap, model: str, signature: str, inputs: Outputs, seconds: float
+    ) -> None:
+        """Run inputs the canary rejected (InvalidArgument) on stable: when stable answers them,
+        the canary's rejection is the canary's fault and counts as a canary error."""
+        answered = False
+        try:
+            lease = Lease(self._registry().resolve(model, tap.rollout.stable, None))
+        except HotserveError:
+            tap.in_flight -= 1
+            return
+        try:
+            if signature in lease.version.signatures:
+                deadline = time.monotonic() + SHADOW_TIMEOUT_SECONDS
+                with anyio.move_on_after(SHADOW_TIMEOUT_SECONDS):
+                    await lease.version.runner.submit(signature, inputs, deadline)
+                    answered = True
+        except Exception as exc:  # stable rejects them too: the client's fault
+            log.debug("model %s: stable also rejected a canary's inputs: %s", model, exc)
+        finally:
+            lease.release()
+            tap.in_flight -= 1
+        if answered and tap is self.taps.get(model):
+            tap.analysis.record(CANARY, seconds, False)
+            if self.on_canary_error is not None:
+                self.on_canary_error(model)
 
     def _count(self, tap: ModelTap, outcome: str) -> None:
         tap.outcomes[outcome] += 1
