@@ -93,12 +93,14 @@ def _pair(p: Array, c: Array) -> Divergence:
 
 
 def _max_diff_with_nans(p: Array, c: Array) -> float:
-    """NaN in the same places on both sides agrees; anywhere else it is divergent (inf)."""
+    """NaN in the same places on both sides agrees, and so does the same infinity (inf - inf
+    is NaN); a NaN on one side only, or different infinities, is divergent (inf)."""
     nan_p, nan_c = np.isnan(p), np.isnan(c)
     if bool(np.any(nan_p != nan_c)):
         return math.inf
+    differ = ~nan_p & (p != c)  # equal values (equal infinities included) do not diverge
     with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(c[~nan_p].astype(np.float64) - p[~nan_p].astype(np.float64))
+        diff = np.abs(c[differ].astype(np.float64) - p[differ].astype(np.float64))
     worst = float(np.max(diff)) if diff.size else 0.0
     return math.inf if math.isnan(worst) else worst  # inf - inf
 
