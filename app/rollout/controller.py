@@ -143,6 +143,8 @@ class RolloutController:
                 self.enter(model, version)
             except HotserveError as exc:
                 log.warning("rollout of model %s: version %d not entered: %s", model, version, exc)
+            except Exception:  # a bug must not end auto-enter, nor the lifespan's task group
+                log.exception("rollout of model %s: entering version %d failed", model, version)
 
     def enter(self, model: str, version: int) -> Rollout | None:
         """Start the model's policy rollout for newly published `version`, with the version
@@ -186,20 +188,26 @@ class RolloutController:
         """One evaluation of every active automatic rollout (loop thread)."""
         now = time.monotonic() if now is None else now
         for model, rollout in list(self.table.rollouts.items()):
-            if rollout.phase.over:
-                continue
-            tap = self.tap.taps.get(model)
-            if tap is None:
-                continue
-            snap = tap.analysis.snapshot(now)
-            judged = verdict(snap, rollout.thresholds, rollout.phase)
-            self.judgements[model] = judged
-            if not rollout.automatic or rollout.phase is Phase.PAUSED:
-                continue  # judged and shown, not acted on
             try:
-                self._act(model, rollout, judged, now, snap.as_dict())
-            except HotserveError as exc:  # e.g. the canary is not AVAILABLE to promote yet
-                log.warning("rollout of model %s: %s deferred: %s", model, judged.verdict, exc)
+                self._evaluate(model, rollout, now)
+            except Exception:  # one model's bug must not stop the others' rollbacks
+                log.exception("rollout of model %s: evaluation failed", model)
+
+    def _evaluate(self, model: str, rollout: Rollout, now: float) -> None:
+        if rollout.phase.over:
+            return
+        tap = self.tap.taps.get(model)
+        if tap is None:
+            return
+        snap = tap.analysis.snapshot(now)
+        judged = verdict(snap, rollout.thresholds, rollout.phase)
+        self.judgements[model] = judged
+        if not rollout.automatic or rollout.phase is Phase.PAUSED:
+            return  # judged and shown, not acted on
+        try:
+            self._act(model, rollout, judged, now, snap.as_dict())
+        except HotserveError as exc:  # e.g. the canary is not AVAILABLE to promote yet
+            log.warning("rollout of model %s: %s deferred: %s", model, judged.verdict, exc)
 
     def _act(
         self, model: str, r: Rollout, judged: Judgement, now: float, numbers: dict[str, Any]
