@@ -3,8 +3,22 @@ tests/rollout/conftest.py) and the pure parts in-process."""
 
 from __future__ import annotations
 
-import httpx
+import math
+from types import SimpleNamespace
 
+import anyio
+import httpx
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from app.core.types import VersionState, VersionStatus
+from app.rollout.analysis import CANARY
+from app.rollout.config import RolloutBody
+from app.rollout.controller import RolloutController
+from app.rollout.divergence import compare
+from app.rollout.shadow import RolloutTap
+from app.rollout.spec import Policy, Rollout
 from tests.rollout.conftest import Load, RolloutServer, phase, sample, wait_phase
 
 BAD_REGRESS = {"signature_name": "regress_x_to_y", "examples": [{"z": 1.0}]}  # no feature x
@@ -37,3 +51,88 @@ async def test_client_bad_input_on_the_canary_is_not_a_canary_error(
     assert (sample(text, "hotserve_rollout_window_requests", model="healthy", arm="canary")
             or 0) > 0  # fmt: skip
     assert sample(text, "hotserve_rollout_window_errors", model="healthy", arm="canary") == 0
+
+
+# ---- in-process: the divergence, the window's bound, the controller's robustness ----------
+
+
+def test_equal_infinities_do_not_diverge() -> None:
+    """A model may answer +-inf (log(0)); the canary answering the same is no divergence."""
+    p = {"y": np.asarray([np.inf, -np.inf, 1.0, np.nan], np.float32)}
+    assert compare(p, {"y": p["y"].copy()}).max_abs_diff == 0.0
+    near = {"y": np.asarray([np.inf, -np.inf, 1.5, np.nan], np.float32)}
+    assert compare(p, near).max_abs_diff == 0.5
+    assert compare(p, {"y": np.asarray([np.inf, np.inf, 1.0, np.nan], np.float32)}).max_abs_diff \
+        == math.inf  # fmt: skip
+    assert compare(p, {"y": np.asarray([1.0, -np.inf, 1.0, np.nan], np.float32)}).max_abs_diff \
+        == math.inf  # fmt: skip
+
+
+def test_an_analysis_window_is_bounded() -> None:
+    """window_seconds sizes per-second buckets summed on the loop at every evaluation: a day
+    (86400) cost 139 MB and a 1.7 s snapshot per tick, blocking the event loop; refused."""
+    with pytest.raises(ValidationError):
+        RolloutBody.model_validate({"stable": 1, "canary": 2, "window_seconds": 86400})
+    assert RolloutBody.model_validate({"stable": 1, "canary": 2, "window_seconds": 3600})
+
+
+class FakeTable:
+    """What the controller reads and calls on the table (app.rollout.table.RolloutTable)."""
+
+    def __init__(self, rollouts: dict[str, Rollout]) -> None:
+        self.rollouts = rollouts
+        self.policies: dict[str, Policy] = {}
+        self.rolled_back: list[str] = []
+        self.started: list[Rollout] = []
+
+    def add_listener(self, listener: object) -> None:
+        pass
+
+    def rollback(self, model: str, reason: str, source: str = "admin") -> None:
+        self.rolled_back.append(model)
+
+    def start(self, rollout: Rollout, source: str = "admin") -> Rollout:
+        self.started.append(rollout)
+        raise RuntimeError("a bug in start")
+
+
+def test_a_bug_in_one_models_evaluation_does_not_stop_the_others() -> None:
+    """Model `a`'s analysis raises: `b`, failing every canary request, is still rolled back
+    in the same evaluation (the whole tick used to end at `a`, every tick)."""
+    rollouts = {m: Rollout(m, 1, 2, weight=0.5) for m in ("a", "b")}
+    table = FakeTable(rollouts)
+    tap = RolloutTap(lambda: None)  # type: ignore[arg-type,return-value]
+    controller = RolloutController(table, tap, lambda: None)  # type: ignore[arg-type,return-value]
+    assert set(tap.taps) == {"a", "b"}
+
+    def broken(now: float | None = None) -> object:
+        raise RuntimeError("a bug in the analysis")
+
+    tap.taps["a"].analysis.snapshot = broken  # type: ignore[method-assign]
+    for _ in range(10):
+        tap.taps["b"].analysis.record(CANARY, 0.001, False)
+    controller.tick()
+    assert table.rolled_back == ["b"]
+
+
+async def test_a_bug_entering_one_publication_does_not_stop_auto_enter() -> None:
+    """`enter` raising something else than a domain error must not end the controller (its task
+    group is the lifespan's: the server would stop) nor the auto-enter of later versions."""
+    table = FakeTable({})
+    table.policies["m"] = Policy("m", "rollout")
+    route = SimpleNamespace(latest=SimpleNamespace(id=SimpleNamespace(version=1)))
+    registry = SimpleNamespace(snapshot=SimpleNamespace(models={"m": route}))
+    tap = RolloutTap(lambda: registry)  # type: ignore[arg-type,return-value]
+    controller = RolloutController(table, tap, lambda: registry, interval=0.05)  # type: ignore[arg-type,return-value]
+    async with anyio.create_task_group() as tg:
+        await tg.start(controller.run)
+        controller.version_state("m", VersionStatus(2, VersionState.LOADING))
+        with anyio.fail_after(10):
+            while len(table.started) < 1:
+                await anyio.sleep(0.01)
+        controller.version_state("m", VersionStatus(3, VersionState.LOADING))
+        with anyio.fail_after(10):
+            while len(table.started) < 2:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert [r.canary for r in table.started] == [2, 3]
