@@ -72,8 +72,9 @@ class RolloutController:
     ) -> None:
         self.table = table
         self._registry = registry
-        # Newly published versions to enter (model, version): open only while `run` runs.
-        self._published: MemoryObjectSendStream[tuple[str, int]] | None = None
+        # Version events to act on (model, version, failed): a newly published version to enter,
+        # or a rollout's canary whose load failed. Open only while `run` runs.
+        self._published: MemoryObjectSendStream[tuple[str, int, bool]] | None = None
         self._wake: anyio.Event | None = None
         tap.on_canary_error = self._poke
         self.tap = tap
@@ -90,7 +91,7 @@ class RolloutController:
     ) -> None:
         """Evaluate every `interval` seconds, and enter newly published versions, until
         cancelled (lifespan shutdown)."""
-        send, receive = anyio.create_memory_object_stream[tuple[str, int]](64)
+        send, receive = anyio.create_memory_object_stream[tuple[str, int, bool]](64)
         self._published = send
         try:
             async with send, receive, anyio.create_task_group() as tg:
@@ -123,28 +124,55 @@ class RolloutController:
         from its own callback is not safe); `_enter_published` starts the rollout on the next
         loop iteration, long before the version can be AVAILABLE (a load takes a thread hop and
         a SavedModel load at the very least), so the split holds the current default as stable
-        before the version policy could move the route or unload it."""
-        if status.state is not VersionState.LOADING:
-            return
-        policy = self.table.policies.get(model)
-        if policy is None or policy.on_publish not in ("rollout", "shadow"):
+        before the version policy could move the route or unload it.
+
+        Also: the canary of an active rollout ended with an error (its load failed): queued for
+        `canary_failed`, which rolls the rollout back (it would wait for canary samples forever,
+        stable pinned, and a fix published after it could not enter a rollout of its own)."""
+        failed = status.state is VersionState.END and status.error_code != "OK"
+        if failed:
+            r = self.table.active(model)
+            if r is None or r.canary != status.version:
+                return
+        elif status.state is VersionState.LOADING:
+            policy = self.table.policies.get(model)
+            if policy is None or policy.on_publish not in ("rollout", "shadow"):
+                return
+        else:
             return
         if self._published is None:  # not running (starting or shutting down)
             return
         try:
-            self._published.send_nowait((model, status.version))
+            self._published.send_nowait((model, status.version, failed))
         except anyio.WouldBlock:
             log.warning("rollout of model %s: too many publications queued, %d not entered",
                         model, status.version)  # fmt: skip
 
-    async def _enter_published(self, receive: MemoryObjectReceiveStream[tuple[str, int]]) -> None:
-        async for model, version in receive:
+    async def _enter_published(
+        self, receive: MemoryObjectReceiveStream[tuple[str, int, bool]]
+    ) -> None:
+        async for model, version, failed in receive:
             try:
-                self.enter(model, version)
+                if failed:
+                    self.canary_failed(model, version)
+                else:
+                    self.enter(model, version)
             except HotserveError as exc:
                 log.warning("rollout of model %s: version %d not entered: %s", model, version, exc)
             except Exception:  # a bug must not end auto-enter, nor the lifespan's task group
                 log.exception("rollout of model %s: entering version %d failed", model, version)
+
+    def canary_failed(self, model: str, version: int) -> Rollout | None:
+        """Roll back the model's automatic rollout whose canary `version` failed to load (a
+        manual or paused rollout is left to its operator). None when nothing was done."""
+        r = self.table.active(model)
+        if r is None or r.canary != version or not r.automatic or r.phase is Phase.PAUSED:
+            return None
+        reason = f"automatic: canary version {version} failed to load"
+        log.warning("rollout of model %s: rolling back: %s", model, reason)
+        done = self.table.rollback(model, reason, source="controller")
+        self.metrics.decided(model, "rollback")
+        return done
 
     def enter(self, model: str, version: int) -> Rollout | None:
         """Start the model's policy rollout for newly published `version`, with the version

@@ -4,6 +4,8 @@ tests/rollout/conftest.py) and the pure parts in-process."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
@@ -13,14 +15,24 @@ import pytest
 from pydantic import ValidationError
 
 from app.core.types import VersionState, VersionStatus
+from app.publish import publish
 from app.rollout.analysis import CANARY
 from app.rollout.config import RolloutBody
 from app.rollout.controller import RolloutController
 from app.rollout.divergence import compare
 from app.rollout.shadow import RolloutTap
 from app.rollout.spec import Policy, Rollout
-from tests.rollout.conftest import Load, RolloutServer, phase, sample, wait_phase
+from tests.rollout.conftest import (
+    TOKEN,
+    Load,
+    RolloutServer,
+    phase,
+    sample,
+    versions,
+    wait_phase,
+)
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BAD_REGRESS = {"signature_name": "regress_x_to_y", "examples": [{"z": 1.0}]}  # no feature x
 
 
@@ -136,3 +148,42 @@ async def test_a_bug_entering_one_publication_does_not_stop_auto_enter() -> None
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     assert [r.canary for r in table.started] == [2, 3]
+
+
+async def test_a_published_version_that_fails_to_load_does_not_hold_the_model_forever(
+    rollout_server: RolloutServer, library: Path, tmp_path: Path
+) -> None:
+    """`auto` opts in with on_publish "rollout"; version 5 is published broken (its
+    saved_model.pb is garbage: the load fails, not retried). Its rollout must not sit in CANARY
+    forever with version 1 pinned (no canary sample ever comes, so no verdict ever comes, and a
+    rollout running blocks auto-enter of the fix): it is rolled back, and version 6 (good)
+    published after it enters a rollout of its own and is promoted."""
+    srv = rollout_server
+    limits = {"min_requests": 10, "max_p99_ratio": 50}
+    template = {"canary_percent": 10, "steps": [10, 100], "step_seconds": 1,
+                "window_seconds": 2, "thresholds": limits}  # fmt: skip
+    srv.write("auto", {"policy": {"on_publish": "rollout", "template": template}})
+    broken = tmp_path / "broken"
+    (broken / "variables").mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    load = Load(f"{srv.url}/v1/models/auto:predict")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run_for, 600.0)
+        with anyio.fail_after(10):  # the policy is read (0.2 s polls)
+            while "auto" not in httpx.get(f"{srv.url}/admin/v1/rollouts", headers=AUTH).text:
+                await anyio.sleep(0.1)
+        await anyio.to_thread.run_sync(publish, broken, srv.base, 5)
+        await wait_phase(srv, "auto", "rolled_back", timeout=30)
+        await anyio.to_thread.run_sync(publish, library / "2", srv.base, 6)
+        with anyio.fail_after(60):
+            while True:
+                doc = httpx.get(f"{srv.url}/admin/v1/models/auto", headers=AUTH).json()
+                ro = (doc.get("rollout") or {}).get("rollout") or {}
+                if ro.get("canary") == 6 and ro.get("phase") == "promoted":
+                    break
+                await anyio.sleep(0.1)
+        promoted = time.monotonic()
+        await anyio.sleep(1.0)
+        load.stop = True
+    assert not load.failures, load.failures[:3]
+    assert set(versions(load, since=promoted + 0.3)) == {2}  # version 6 answers 0.5x + 2
