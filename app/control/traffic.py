@@ -56,14 +56,18 @@ class Window:
         span, plus the running second when `current_second`."""
         current = int(now)
         total = errors = 0
-        merged = [0] * (len(BOUNDS) + 1)
+        hists: list[list[int]] = []
         for slot in range(self.span):
             second = self._seconds[slot]
             if current - self.span < second < current or (current_second and second == current):
                 total += self._counts[slot]
                 errors += self._errors[slot]
-                merged = [a + b for a, b in zip(merged, self._hists[slot], strict=True)]
-        return total, errors, merged
+                hists.append(self._hists[slot])
+        if not hists:
+            return total, errors, [0] * (len(BOUNDS) + 1)
+        # One column sum per bucket: a new list per slot made a one-hour rollout window cost
+        # ~15 ms of event-loop time per summary (3600 slots x 49 buckets).
+        return total, errors, [sum(column) for column in zip(*hists, strict=True)]
 
     def summary(self, now: float | None = None) -> dict[str, float | int | None]:
         """Over the last complete seconds: requests/s, errors/s, p50 and p99 in milliseconds."""
