@@ -297,6 +297,18 @@ class RolloutTable:
         self._notify(model, old, None)
         return old
 
+    def model_removed(self, model: str) -> None:
+        """Model `model` left the configuration (Registry retire listener, loop thread): core
+        dropped its overrides (split, withdrawn, pin) with its state, so its rollout ends
+        here too instead of being reported as a split that routes nothing."""
+        old = self._rollouts.get(model)
+        if old is None:
+            return
+        self._replace(model, None)
+        self._record("clear", replace(old, reason="model removed from the configuration"), "config")
+        log.info("rollout of model %s cleared: model removed from the configuration", model)
+        self._notify(model, old, None)
+
     # ---- helpers --------------------------------------------------------------------------
 
     def _require_active(self, model: str) -> Rollout:

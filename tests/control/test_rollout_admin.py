@@ -5,6 +5,7 @@ in hotserve's HTTP (TF Serving's mapping, app.api.errors), not 409."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.settings import Settings
 from tests.control.conftest import broken, publish
-from tests.control.test_admin import AUTH, _settings
-from tests.harness import running_app
+from tests.control.test_admin import AUTH, TOKEN, _settings
+from tests.harness import models_config, running_app
 from tests.integration.conftest import version_of
 
 ROLLOUT = "/admin/v1/models/m/rollout"
@@ -142,3 +144,48 @@ async def test_refusals(pinned: tuple[FastAPI, httpx.AsyncClient, Path]) -> None
     assert code == 400 and "--workers > 1" in error
     assert (await client.get(ROLLOUT, headers=AUTH)).status_code == 200  # reads still answer
     app.state.publish_gate = None
+
+
+async def test_a_model_removed_from_models_config_and_added_back_does_not_keep_a_ghost_rollout(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """A rollout belongs to the model's state: removing the model from models.config ends it
+    (core forgets the split with the retired state), so the table must not go on reporting an
+    active 50% split that routes nothing; the rollout file's entry applies again once the
+    model is back."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    config = tmp_path / "models.config"
+    with_m = models_config({"m": str(base)})
+    config.write_text(with_m)
+    (tmp_path / "other").mkdir()
+    publish(version_library, tmp_path / "other", 1)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = Settings(
+        model_config_file=str(config),
+        model_config_file_poll_wait_seconds=3600,  # only the admin call re-reads it
+        rollout_config_file=str(rollouts),
+        rollout_config_poll_wait_seconds=0.2,
+        version_settle_seconds=0,
+        file_system_poll_wait_seconds=1,
+        admin_token=TOKEN,
+    )
+    async with running_app(settings) as (app, client):
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})
+        got = await shares(client, 100)
+        assert got[1] > 15 and got[2] > 15
+        config.write_text(models_config({"other": str(tmp_path / "other")}))
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert app.state.rollouts.active("m") is None  # no ghost of the retired model's split
+        config.write_text(with_m)
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 200, r.text
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})  # the file applies again
+        ro = app.state.rollouts.active("m")
+        assert ro is not None and (ro.stable, ro.canary, ro.weight) == (1, 2, 0.5)
+        got = await shares(client, 100)
+        assert got[1] > 15 and got[2] > 15
