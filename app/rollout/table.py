@@ -97,12 +97,16 @@ class RolloutTable:
         self._policies: Mapping[str, Policy] = _NO_POLICIES
         self._listeners: list[Listener] = []
         self._events: deque[RolloutEvent] = deque(maxlen=MAX_EVENTS)
+        # model -> the pin a promote/rollback set (the version policy would have picked
+        # another version), lifted when the finished rollout is cleared: back to the policy.
+        self._end_pins: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget every rollout, policy and event (a new registry: the lifespan's start).
         Listeners stay."""
         old, self._rollouts, self._policies = self._rollouts, _EMPTY, _NO_POLICIES
         self._events.clear()
+        self._end_pins.clear()
         for name, r in old.items():
             self._notify(name, r, None)
 
@@ -291,6 +295,8 @@ class RolloutTable:
             raise NotFound(f"Model {model} has no rollout")
         if not old.phase.over:
             self._to_core(model, None, withdraw=None, keep=None)
+        else:
+            self._lift_end_pin(model)
         self._replace(model, None)
         self._record("clear", old, source)
         log.info("rollout of model %s cleared (%s)", model, source)
@@ -304,6 +310,7 @@ class RolloutTable:
         old = self._rollouts.get(model)
         if old is None:
             return
+        self._end_pins.pop(model, None)
         self._replace(model, None)
         self._record("clear", replace(old, reason="model removed from the configuration"), "config")
         log.info("rollout of model %s cleared: model removed from the configuration", model)
@@ -357,9 +364,26 @@ class RolloutTable:
         if withdraw is not None:
             withdrawn = withdrawn | {withdraw}
         pin = now.pin
+        self._end_pins.pop(name, None)
         if keep is not None:
             pin = None if keep == policy_default(reg, name, withdrawn, now) else keep
+            if pin is not None and pin != now.pin:
+                self._end_pins[name] = pin
         reg.override(name, replace(now, split=split, withdrawn=withdrawn, pin=pin))
+
+    def _lift_end_pin(self, name: str) -> None:
+        """Clearing a finished rollout: unpin the version its promote/rollback pinned (if it
+        is still the pin), so the default route follows the version policy again, as the
+        README promises, and a version published later is served (under --workers the rollout
+        file is the only way to lift it: the admin API refuses changes there)."""
+        pin = self._end_pins.pop(name, None)
+        if pin is None:
+            return
+        reg = self._registry()
+        now = reg.overrides(name)
+        if now.pin == pin:
+            reg.override(name, replace(now, pin=None))
+            log.info("model %s: pin on version %d (set by its rollout's end) lifted", name, pin)
 
     def _replace(self, name: str, value: Rollout | None) -> None:
         rollouts = {k: v for k, v in self._rollouts.items() if k != name}

@@ -189,3 +189,38 @@ async def test_a_model_removed_from_models_config_and_added_back_does_not_keep_a
         assert ro is not None and (ro.stable, ro.canary, ro.weight) == (1, 2, 0.5)
         got = await shares(client, 100)
         assert got[1] > 15 and got[2] > 15
+
+
+async def test_removing_a_rolled_back_rollout_returns_the_route_to_the_version_policy(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """A rollback while a version newer than the canary is on disk pins stable (else `latest`
+    would route to the newer one at once). Forgetting the rollout (file entry removed: the only
+    way under --workers, where the admin API refuses changes) must lift that pin, as the README
+    says ("back to the version policy"), so a version published later is served as usual."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})
+        publish(version_library, base, 3)
+        await until_states(client, {3: "AVAILABLE", 2: "AVAILABLE", 1: "AVAILABLE"})
+        got = await shares(client, 60)
+        assert set(got) == {1, 2}  # the split decides, not `latest`
+        entry["phase"] = "rolled_back"
+        rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+        await until_states(client, {3: "AVAILABLE", 2: "END", 1: "AVAILABLE"})
+        assert await shares(client, 20) == {1: 20}  # stable keeps the route
+        rollouts.write_text(json.dumps({"models": {}}))  # forget it: version policy again
+        await until_states(client, {3: "AVAILABLE", 2: "END", 1: "END"})
+        assert await shares(client, 20) == {3: 20}
+        publish(version_library, base, 4)
+        await until_states(client, {4: "AVAILABLE", 3: "END", 2: "END", 1: "END"})
+        assert await shares(client, 20) == {4: 20}
+        assert app.state.registry.overrides("m").pin is None
