@@ -27,7 +27,11 @@ import numpy as np
 import orjson
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from app.publish import publish
 from app.rollout.split import point
@@ -182,6 +186,27 @@ def test_named_versions_and_labels_are_never_rerouted(split_server: tuple[Client
         assert {c.grpc(key, label="old") for _ in range(10)} == {1}
     c.weight(0)
     assert {c.rest(path="/v1/models/hs/versions/2:predict") for _ in range(10)} == {2}
+
+
+def test_metadata_of_the_default_route_follows_the_routing_key(
+    split_server: tuple[Clients, Path],
+) -> None:
+    """A sticky client reads the signatures of the version its requests land on (a canary may
+    change them): REST /metadata and gRPC GetModelMetadata without a version follow the key
+    like :predict does, not a fresh random draw."""
+    c, _ = split_server
+    c.weight(50)
+    for key in KEYS[:40]:
+        served = c.rest(key)
+        for _ in range(3):
+            r = c.http.get("/v1/models/hs/metadata", headers={"X-Route-Key": key})
+            assert r.status_code == 200, r.text
+            assert int(r.json()["model_spec"]["version"]) == served, key
+            req = get_model_metadata_pb2.GetModelMetadataRequest()
+            req.model_spec.name = "hs"
+            req.metadata_field.append("signature_def")
+            resp: Any = c.stub.GetModelMetadata(req, timeout=30, metadata=(("x-route-key", key),))
+            assert resp.model_spec.version.value == served, key
 
 
 def test_an_unavailable_canary_sends_everything_to_stable(
