@@ -213,6 +213,8 @@ class RolloutTable:
                 *arms,
             ):
                 return current
+            if active is None and stable_loading:  # the file's record of a finished rollout
+                return self._ended(model, body, stable, canary, source)
             if active is None or (active.stable, active.canary) != (stable, canary):
                 raise FailedPrecondition(
                     f"Model {model} has no active rollout from version {stable} to {canary} to end"
@@ -222,6 +224,23 @@ class RolloutTable:
             return self.rollback(model, body.reason or f"rolled back by {source}", source)
         rollout = to_rollout(model, body, stable, canary)
         return self.start(rollout, source, stable_loading=stable_loading)
+
+    def _ended(
+        self, model: str, body: RolloutBody, stable: int, canary: int, source: str
+    ) -> Rollout:
+        """A rollout file entry that says promoted / rolled_back with no such rollout running
+        (after a restart, a restarted worker, or the model added back): set that end state, so
+        a rolled-back canary stays withdrawn instead of `latest` giving it the whole route."""
+        reg = self._registry()
+        require_version(reg, model, stable)
+        require_version(reg, model, canary)
+        r = to_rollout(model, body, stable, canary)
+        check_values(r)
+        if r.phase is Phase.PROMOTED:
+            r = replace(r, weight=1.0, reason=body.reason or f"promoted by {source}")
+            return self._apply(r, "promote", source)
+        r = replace(r, weight=0.0, reason=body.reason or f"rolled back by {source}")
+        return self._apply(r, "rollback", source)
 
     def hold_default(self, model: str) -> int:
         """Pin the version serving model's default route now, so a version published later

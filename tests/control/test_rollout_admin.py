@@ -224,3 +224,28 @@ async def test_removing_a_rolled_back_rollout_returns_the_route_to_the_version_p
         await until_states(client, {4: "AVAILABLE", 3: "END", 2: "END", 1: "END"})
         assert await shares(client, 20) == {4: 20}
         assert app.state.registry.overrides("m").pin is None
+
+
+async def test_a_rolled_back_file_entry_still_holds_after_a_restart(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """The rollout file is what survives a restart (or a restarted --workers process): an entry
+    that says the rollout was rolled back must keep the canary out and stable serving, not let
+    `latest` hand the bad version the whole default route because no rollout is active yet."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "phase": "rolled_back"}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):  # the server's (re)start
+        await until_states(client, {2: "END", 1: "AVAILABLE"})
+        assert await shares(client, 20) == {1: 20}
+        ro = app.state.rollouts.get("m")
+        assert ro is not None and ro.phase.value == "rolled_back"
+        (base / "2" / "touched").write_text("")  # later scans: still out
+        await anyio.sleep(2.5)
+        assert await states(client) == {2: "END", 1: "AVAILABLE"}
