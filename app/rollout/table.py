@@ -229,8 +229,10 @@ class RolloutTable:
         self, model: str, body: RolloutBody, stable: int, canary: int, source: str
     ) -> Rollout:
         """A rollout file entry that says promoted / rolled_back with no such rollout running
-        (after a restart, a restarted worker, or the model added back): set that end state, so
-        a rolled-back canary stays withdrawn instead of `latest` giving it the whole route."""
+        (after a restart, a restarted worker, or the model added back): record it, and for a
+        rollback withdraw the canary, so `latest` does not give the bad version the whole
+        route. Nothing is pinned: the version policy picks among the rest (a version published
+        since the rollout ended is served, not stable)."""
         reg = self._registry()
         require_version(reg, model, stable)
         require_version(reg, model, canary)
@@ -238,9 +240,9 @@ class RolloutTable:
         check_values(r)
         if r.phase is Phase.PROMOTED:
             r = replace(r, weight=1.0, reason=body.reason or f"promoted by {source}")
-            return self._apply(r, "promote", source)
+            return self._apply(r, "promote", source, pin_kept=False)
         r = replace(r, weight=0.0, reason=body.reason or f"rolled back by {source}")
-        return self._apply(r, "rollback", source)
+        return self._apply(r, "rollback", source, pin_kept=False)
 
     def hold_default(self, model: str) -> int:
         """Pin the version serving model's default route now, so a version published later
@@ -343,13 +345,15 @@ class RolloutTable:
             raise NotFound(f"Model {model} has no active rollout")
         return r
 
-    def _apply(self, new: Rollout, action: str, source: str) -> Rollout:
+    def _apply(self, new: Rollout, action: str, source: str, *, pin_kept: bool = True) -> Rollout:
+        """Hand core the rollout and record it; `pin_kept` False: an end state sets no pin."""
         name = new.model
         old = self._rollouts.get(name)
         if new.phase is Phase.PROMOTED:
-            self._to_core(name, None, withdraw=None, keep=new.canary)
+            self._to_core(name, None, withdraw=None, keep=new.canary if pin_kept else None)
         elif new.phase is Phase.ROLLED_BACK:
-            self._to_core(name, None, withdraw=new.canary, keep=new.stable)
+            keep = new.stable if pin_kept else None
+            self._to_core(name, None, withdraw=new.canary, keep=keep)
         else:
             weight = new.weight if new.phase is not Phase.SHADOW else 0.0
             self._to_core(name, RouteSplit(new.stable, new.canary, weight), None, None)

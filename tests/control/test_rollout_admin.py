@@ -249,3 +249,30 @@ async def test_a_rolled_back_file_entry_still_holds_after_a_restart(
         (base / "2" / "touched").write_text("")  # later scans: still out
         await anyio.sleep(2.5)
         assert await states(client) == {2: "END", 1: "AVAILABLE"}
+
+
+async def test_a_rolled_back_file_entry_after_a_restart_does_not_hide_a_newer_version(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """After the restart, a version published since the rollback (3) keeps serving: the old
+    entry withdraws its canary (2) and pins nothing."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2, 3)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "phase": "rolled_back"}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):
+
+        async def applied() -> bool:
+            return app.state.rollouts.get("m") is not None
+
+        with anyio.fail_after(30):
+            while not await applied():
+                await anyio.sleep(0.05)
+        assert await states(client) == {3: "AVAILABLE"}  # 1 and 2 were never loaded
+        assert await shares(client, 20) == {3: 20}
+        assert app.state.registry.overrides("m").pin is None
