@@ -271,7 +271,7 @@ class TFServingRest:
                 inputs = await self._offload(codec.to_tensors, req, sig)
             else:
                 inputs = codec.to_tensors(req, sig)
-            outputs = await serving.run(mv, sig, inputs, deadline)
+            outputs = await serving.run(mv, sig, inputs, deadline, ref=ref)
         big_answer = _values(outputs.values()) >= self.options.offload_elements
         if big_answer:
             return await self._offload(codec.encode_predict, outputs, req.columnar)
@@ -295,9 +295,9 @@ class TFServingRest:
             else:
                 serialized = serialize(context, examples)
             if api == "classify":
-                result = await serving.classify(mv, sig, serialized, deadline)
+                result = await serving.classify(mv, sig, serialized, deadline, ref=ref)
                 return codec.encode_classify(result.classes, result.scores)
-            values = await serving.regress(mv, sig, serialized, deadline)
+            values = await serving.regress(mv, sig, serialized, deadline, ref=ref)
         return codec.encode_regress(values)
 
     def _metadata(self, route: Route, scope: Scope) -> bytes:
