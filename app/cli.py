@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
+    if serve is None and argv is None:  # the command itself (re-running it re-reads sys.argv)
+        from app.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()  # once, before any model is loaded: see app.hugepages
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and serve is None:
         from app.workers import supervise

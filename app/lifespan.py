@@ -319,17 +319,23 @@ def notice_exit_signals(notice: Callable[[], None]) -> Iterator[None]:
                 signal.signal(sig, chained)
 
 
-def rollout_source(app: FastAPI, settings: Settings) -> RolloutFileSource | None:
-    """Empty the rollout table (a rollout belongs to the registry it was set on) and make the
-    --rollout_config_file poller, if a file is configured."""
+def rollout_source(
+    app: FastAPI, settings: Settings, registry: Registry
+) -> RolloutFileSource | None:
+    """Empty the rollout table (a rollout belongs to the registry it was set on), end a model's
+    rollout when models.config drops the model, and make the --rollout_config_file poller, if
+    a file is configured."""
     table: RolloutTable | None = getattr(app.state, "rollouts", None)
     if table is None:
         return None
     table.reset()
+    registry.add_retire_listener(table.model_removed)
     if not settings.rollout_config_file:
         return None
     path = Path(settings.rollout_config_file)
-    return RolloutFileSource(path, table, settings.rollout_config_poll_wait_seconds)
+    source = RolloutFileSource(path, table, settings.rollout_config_poll_wait_seconds)
+    registry.add_retire_listener(source.forget)
+    return source
 
 
 @asynccontextmanager
@@ -379,7 +385,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
-    rollout_file = rollout_source(app, settings)
+    rollout_file = rollout_source(app, settings, registry)
     app.state.reload_config = (
         config_reloader(settings, registry, source) if settings.model_config_file else None
     )

@@ -26,6 +26,20 @@ latency and status by bench_swap/lua/record.lua). Then:
    runs at a time. --memory-only skips steps 1-4; --server-env NAME=VALUE (repeatable) sets the
    servers' environment, e.g. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0 for TensorFlow's own allocator.
 
+Per-swap mode (issue 12; `--swaps N`): for each `--models` entry (`mlp`, or the size in MiB of a
+generated model, e.g. `mlp,64,1024`), one server and N swaps, every swap measured on its own
+against an equally long steady window just before it: longest span without a completed
+request, p50/p99, publish -> first answer of the new version, first new answers vs last old
+ones, RSS vs one version, failures. bench_swap/perswap.py defines the windows. Batching is on
+(bench.py's settings: max 64 rows, no timeout, one batch thread) unless --no-batching.
+`--source DIR` runs the server from another checkout (e.g. a worktree of an older commit) with
+the same benchmark code, for before/after runs. Writes bench-results/swaps-<label>-<time>.md
+(summary + per-swap tables) and .json (raw per-swap numbers).
+
+    .venv/bin/python scripts/bench_swap.py --swaps 20 --models 64,1024 --label after
+    .venv/bin/python scripts/bench_swap.py --swaps 20 --models 64,1024 --label before \
+        --source /work/wt-swap-before
+
 Prints a markdown report (targets, PASS/FAIL) and writes it to bench-results/swap-<time>.md;
 --keep-logs also keeps the server logs and the request log (.npz) beside it. About 2.5 minutes
 for steps 1-4 at the defaults, plus about 4 for step 5 (building and swapping the 1 GiB model).
@@ -48,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_swap import memory, models, report
+from bench_swap import memory, models, perswap, report
 from bench_swap.load import WrkLoad, plain_rate
 from bench_swap.server import MODEL, REPO, Server, ServerOptions, StatusPoller, parse_log
 
@@ -264,6 +278,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="environment of every server (repeatable)",
     )
+    p.add_argument("--swaps", type=int, help="per-swap mode: swaps per model (see the doc)")
+    p.add_argument("--models", default="mlp,64,1024", help="per-swap mode: mlp and/or MiB sizes")
+    p.add_argument("--source", type=Path, default=REPO, help="per-swap mode: hotserve checkout")
+    p.add_argument("--label", default="", help="per-swap mode: run name (default: the commit)")
+    p.add_argument("--no-batching", dest="batching", action="store_false")
+    p.add_argument(
+        "--min-steady", type=float, default=2.0, help="per-swap mode: least quiet gap, s"
+    )
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        default=Path("/tmp/hotserve-bench-models"),
+        help="per-swap mode: where the model variants are built once and kept",
+    )
+    p.add_argument(
+        "--server-flag", action="append", default=[], help="per-swap mode: extra server flag"
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench-results")
     p.add_argument("--keep-logs", action="store_true", help="copy the server logs to --out")
     args = p.parse_args(argv)
@@ -277,9 +308,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _describe(source: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(source), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
+def per_swap(args: argparse.Namespace) -> int:
+    """Per-swap mode: every model in --models, one after the other, one server each."""
+    source = args.source.resolve()
+    label = args.label or _describe(source) or source.name
+    opts = perswap.RunOptions(
+        swaps=args.swaps,
+        connections=args.connections,
+        server_cpu=SERVER_CPU,
+        load_cpu=LOAD_CPU,
+        tf_threads=args.tf_threads,
+        batching=args.batching,
+        min_steady=args.min_steady,
+        source=source,
+        flags=tuple(args.server_flag),
+        env=args.server_env,
+    )
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out / f"swaps-{label}-{stamp}"
+    results = []
+    with bench_lock(), tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
+        work = Path(tmp)
+        for key in keys:
+            spec = perswap.prepare(key, args.model_cache)
+            print(f"{label}: model {key}, {args.swaps} swaps", file=sys.stderr, flush=True)
+            results.append(perswap.run_model(spec, work, opts, label))
+            header = [
+                f"# Per-swap benchmark `{label}`, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                "",
+                f"Server from `{source}` (commit `{_describe(source)}`), pinned to core "
+                f"{SERVER_CPU}; wrk -t{args.connections} -c{args.connections} (closed loop, "
+                f"keep-alive, per-request log) pinned to core {LOAD_CPU}; batching "
+                f"{'on' if args.batching else 'off'}; TF threads {args.tf_threads}; extra flags "
+                f"{' '.join(args.server_flag) or 'none'}. Windows: see bench_swap/perswap.py. "
+                f"Load average at the end: {os.getloadavg()[0]:.2f}.",
+            ]
+            md, raw = perswap.write(results, header, out)  # after each model: partial results
+            if args.keep_logs:
+                for log in work.glob("kept-server-*.log"):
+                    shutil.copy(log, out.with_name(f"{out.name}-{log.name[5:]}"))
+    print(md.read_text())
+    print(f"written to {md} and {raw}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.sched_setaffinity(0, {LOAD_CPU})  # keep this script's own work off the server's core
+    if args.swaps is not None:
+        return per_swap(args)
     with bench_lock(), tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         work = Path(tmp)
         write_body(work / "body.json")

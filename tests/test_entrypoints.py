@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import hugepages
 from app.cli import EXIT_FAILURE, _serve_with_uvicorn
 from app.settings import Settings
 from tests.harness import REPO, free_port, spawn, stop_process
@@ -130,6 +131,18 @@ def test_entry_point_serves_from_env_and_logs_state_changes(
     assert output.count(AVAILABLE) == 1, output
     assert re.search(r"model half_plus_two version 2: LOADING from ", output), output
     assert "model half_plus_two version 2: UNLOADING" in output, output
+    if entry_point in ("python -m app", "hotserve") and _huge_pages_possible(env):
+        # The command re-ran itself once with huge pages for malloc (app.hugepages).
+        assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in output, output
+
+
+def _huge_pages_possible(env: dict[str, str]) -> bool:
+    return (
+        sys.platform == "linux"
+        and "GLIBC_TUNABLES" not in env
+        and hugepages._glibc_supports_it()
+        and hugepages._thp_available()
+    )
 
 
 def test_cli_flag_with_file_from_env_starts(tmp_path: Path) -> None:

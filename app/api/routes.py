@@ -172,7 +172,7 @@ class TFServingRest:
             raise
         seen.model, seen.api = route.name, route.kind if route.kind in VERBS else ""
         if route.kind == "metadata":
-            return 200, self._metadata(route)
+            return 200, self._metadata(route, scope)
         if route.kind == "status":
             return 200, self._status(route)
         body = await self._read_body(scope, receive)
@@ -300,8 +300,9 @@ class TFServingRest:
             values = await serving.regress(mv, sig, serialized, deadline, ref=ref)
         return codec.encode_regress(values)
 
-    def _metadata(self, route: Route) -> bytes:
-        with self._serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
+    def _metadata(self, route: Route, scope: Scope) -> bytes:
+        # With the routing key: a sticky client reads the signatures of the arm it lands on.
+        with self._serving.pin(self._ref(route, scope)) as mv:
             cached = mv.cache.get("metadata")
             if cached is None:
                 cached = codec.encode_json(

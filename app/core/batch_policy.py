@@ -11,6 +11,28 @@ import itertools
 from app.core.types import BatchPolicy
 from app.errors import ConfigError
 
+MAX_WARMUP_BATCH_SIZES = 256
+
+
+def batch_sizes(policy: BatchPolicy) -> tuple[int, ...]:
+    """The row counts of the model calls a batcher with `policy` makes, ascending: what a new
+    version is warmed up with before it serves (app.core.versions), so its first real batches
+    of every size cost what the old version's last ones did.
+
+    Padded batches run only at `allowed_batch_sizes`. Otherwise any count from 1 to the
+    execution limit (`max_execution_batch_size` with splitting, else `max_batch_size`); above
+    MAX_WARMUP_BATCH_SIZES counts, every count up to 64 plus the powers of two and the limit
+    (a first call at another size then pays only the shape's own first-run cost)."""
+    if policy.allowed_batch_sizes:
+        return tuple(policy.allowed_batch_sizes)
+    limit = policy.max_batch_size
+    if policy.enable_large_batch_splitting and policy.max_execution_batch_size:
+        limit = policy.max_execution_batch_size
+    if limit <= MAX_WARMUP_BATCH_SIZES:
+        return tuple(range(1, limit + 1))
+    sizes = set(range(1, 65)) | {1 << k for k in range(limit.bit_length()) if 1 << k <= limit}
+    return tuple(sorted(sizes | {limit}))
+
 
 def validate_batch_policy(policy: BatchPolicy) -> None:
     """Raise `ConfigError` (INVALID_ARGUMENT) for a policy TF Serving refuses to start with."""

@@ -38,7 +38,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from app.core.batch_policy import validate_batch_policy
+from app.core.batch_policy import batch_sizes, validate_batch_policy
 from app.core.batching_queue import Scheduler
 from app.core.batching_shapes import batch_key, merge_inputs, request_rows, split_outputs
 from app.core.batching_types import (
@@ -198,6 +198,8 @@ class Batcher(_Drain):
         self._sched.on_complete = self._check_drained
         self._max_task = policy.max_batch_size
         self._pad_variable = policy.pad_variable_length_inputs
+        # The row counts of this batcher's model calls: a new version is warmed with each.
+        self.batch_sizes = batch_sizes(policy)
         self._queue_limit = policy.max_enqueued_batches * policy.max_batch_size
 
     @property

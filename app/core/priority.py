@@ -10,6 +10,13 @@ shared pools is left niced (an unprivileged process cannot raise it back). The v
 runs at normal priority: TensorFlow creates its shared compute threads during the first session,
 and threads inherit their creator's niceness, which would slow every later model call.
 
+While a lowered-priority call runs, the interpreter's switch interval is 1 ms instead of 5 ms
+(`sys.setswitchinterval`, process-wide, put back when the last such call returns). Why: a load
+runs Python code too (TensorFlow's graph import holds the GIL for its whole Python part), and a
+thread waiting for the GIL gets it only when the holder has had it for a switch interval; with a
+niced holder on a busy core, serving threads waited up to 5 ms (plus the time the niced thread
+needed to be scheduled to give it up) at every swap.
+
 Thread contract: `call` blocks; call it from a worker thread (the load limiter), never the loop.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,6 +32,34 @@ from typing import TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+LOAD_SWITCH_INTERVAL = 0.001  # seconds; sys.getswitchinterval() while a load runs (see above)
+
+
+class _SwitchInterval:
+    """Counts the loads running; the first one in lowers the switch interval, the last one
+    out puts the previous value back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._saved = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, LOAD_SWITCH_INTERVAL))
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                sys.setswitchinterval(self._saved)
+
+
+_SWITCH = _SwitchInterval()
 
 
 class LoadPriority:
@@ -54,8 +90,9 @@ class LoadPriority:
                 failure.append(exc)
 
         thread = threading.Thread(target=run, name="hotserve-load", daemon=True)
-        thread.start()
-        thread.join()
+        with _SWITCH:
+            thread.start()
+            thread.join()
         if failure:
             raise failure[0]
         return outcome[0]

@@ -129,10 +129,17 @@ class VersionWork:
             check(servable.signatures)  # before paying for warmup
             records = await self.warm(servable)
             runner = self._runner_factory(sid, servable, path)
+            sizes = await self.warm_batch_sizes(servable, runner)
         except BaseException:
             await to_thread.run_sync(servable.unload, limiter=self._limiter)
             raise
-        log.info("model %s version %d: warmed up with %d records", sid.name, sid.version, records)
+        log.info(
+            "model %s version %d: warmed up with %d records, %d batch sizes",
+            sid.name,
+            sid.version,
+            records,
+            sizes,
+        )
         return ModelVersion(
             id=sid,
             path=path,
@@ -157,6 +164,19 @@ class VersionWork:
                     await to_thread.run_sync(self._priority.call, synthetic, limiter=self._limiter)
                 )
         return int(n)
+
+    async def warm_batch_sizes(self, servable: Servable, runner: Runner) -> int:
+        """Run the warmup's inputs again at every row count the runner's model calls use
+        (`Batcher.batch_sizes`), so the first real batch of each size is not the first call
+        at that shape (TF builds per-shape kernels state, e.g. oneDNN primitives, on first
+        use). Only with warmup records (or synthetic warmup): hotserve never invents inputs
+        for a model on its own. Returns the number of sizes run (0: nothing to do)."""
+        sizes = tuple(getattr(runner, "batch_sizes", ()))
+        warm: Callable[[tuple[int, ...]], int] | None = getattr(servable, "warm_batch_sizes", None)
+        if not self._options.enable_warmup or not sizes or warm is None:
+            return 0
+        done = await to_thread.run_sync(self._priority.call, warm, sizes, limiter=self._limiter)
+        return int(done)
 
     async def drain(self, mv: ModelVersion) -> bool:
         with anyio.move_on_after(self._options.drain_timeout_seconds):

@@ -319,7 +319,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             if not request.HasField("model_spec"):
                 raise InvalidArgument("Missing ModelSpec")
             meta.check_fields(list(request.metadata_field))
-            version, defs = self._serving.metadata(model_ref(request.model_spec))
+            version, defs = self._serving.metadata(self._ref(request, context))  # keyed
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version

@@ -15,6 +15,7 @@ worker thread. The registry guarantees no `run` is in flight when `unload` is ca
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -139,6 +140,9 @@ class SavedModelServable:
         self._signatures = {k: to_signature(k, v) for k, v in sorted(signature_defs.items())}
         self._feeds: dict[tuple[str, frozenset[str]], _Feed] = {}
         self._lock = threading.Lock()
+        # One input set per (signature, fed aliases) the warmup ran: run again at every batch
+        # size by `warm_batch_sizes`.
+        self._warm_inputs: dict[tuple[str, frozenset[str]], dict[str, np.ndarray]] = {}
 
     @property
     def path(self) -> Path:
@@ -216,13 +220,40 @@ class SavedModelServable:
         ctx = examples_mod.from_features(context) if context else None
         return examples_mod.serialize(ctx, [examples_mod.from_features(e) for e in examples])
 
+    def prepare(self) -> int:
+        """Make the callable of every signature (all its inputs fed) now, in the loading
+        thread, instead of in the first request's model call: for a 1 GiB model that call took
+        4-15 ms, and every request queued for the new version waited for it. Signatures whose
+        callable cannot be made (sparse inputs...) are left to fail at request time, as
+        before. Returns the number made."""
+        made = 0
+        for name, sigdef in self._signature_defs.items():
+            if not sigdef.inputs:
+                continue
+            try:
+                self._make_feed((name, frozenset(sigdef.inputs)))
+            except Exception as exc:  # never fails a load: the request will say what is wrong
+                logger.debug("callable of signature %s not made at load: %r", name, exc)
+                continue
+            made += 1
+        return made
+
+    def _remember(self, signature: str, inputs: dict[str, np.ndarray]) -> None:
+        self._warm_inputs.setdefault((signature, frozenset(inputs)), inputs)
+
     def warmup(self, iterations: int) -> int:
         """Replay assets.extra/tf_serving_warmup_requests (see app.runtime.warmup)."""
-        return warmup_mod.replay(self, self._path, iterations)
+        return warmup_mod.replay(self, self._path, iterations, self._remember)
 
     def synthetic_warmup(self) -> int:
         """Run each signature once on a generated 1-row batch (see app.runtime.warmup)."""
-        return warmup_mod.run_synthetic(self)
+        return warmup_mod.run_synthetic(self, self._remember)
+
+    def warm_batch_sizes(self, sizes: Sequence[int]) -> int:
+        """Run what the warmup ran again at each row count of `sizes` (see
+        app.runtime.warmup.run_batch_sizes); returns the number of sizes run."""
+        samples = [(key[0], inputs) for key, inputs in self._warm_inputs.items()]
+        return warmup_mod.run_batch_sizes(self, samples, sizes)
 
     def unload(self) -> None:
         """Drop the callables and close the session. Idempotent."""
@@ -269,9 +300,10 @@ class SavedModelLoader:
         self._intra_op_threads = intra_op_threads
         self._inter_op_threads = inter_op_threads
         logger.info(
-            "TensorFlow %s, %s",
+            "TensorFlow %s, %s GLIBC_TUNABLES=%s",
             tf.__version__,
             " ".join(f"{k}={v or '(unset)'}" for k, v in tf_env().items()),
+            os.environ.get("GLIBC_TUNABLES") or "(unset)",
         )
 
     def load(self, path: Path) -> SavedModelServable:
@@ -292,6 +324,7 @@ class SavedModelLoader:
             session.close()
             raise
         servable = SavedModelServable(path, session, meta_graph.signature_def)
+        servable.prepare()
         logger.info(
             "Loaded SavedModel %s (%d signatures) in %.3f s",
             path,
@@ -312,12 +345,47 @@ def _check_layout(path: Path) -> None:
         raise errors.LoadError(f"SavedModel file is empty: {proto}", errors.Code.DATA_LOSS)
 
 
+class InlineRuns:
+    """A session as TF's SavedModel loader sees it, whose `run` calls execute every op in the
+    calling thread (RunOptions.inter_op_thread_pool = -1) instead of in TensorFlow's inter-op
+    pool.
+
+    Why: every session of the process shares TF's one inter-op pool (its size is
+    --tensorflow_inter_op_parallelism), and a single op runs on one pool thread from start to
+    end. The load's RestoreV2 op reads the whole checkpoint in one go, so model calls of the
+    serving version queued behind it: no request completed for the whole read (measured with
+    bench_swap's per-swap mode: 45 ms for a 64 MiB model, 0.8-3.1 s for 1 GiB; py-spy showed
+    the inference thread waiting in Executor::Run while the pool ran the restore). Run in the
+    loading thread, the restore and the init ops take that thread's (lowered) priority and
+    leave the pool to serving. Everything else is the real session's.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def run(
+        self,
+        fetches: Any,
+        feed_dict: Any = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ) -> Any:
+        merged = config_pb2.RunOptions()
+        if options is not None:
+            merged.CopyFrom(options)
+        merged.inter_op_thread_pool = -1
+        return self._session.run(fetches, feed_dict, merged, run_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
     def fail(detail: str, code: errors.Code) -> errors.LoadError:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
 
     try:
-        return tf.compat.v1.saved_model.loader.load(session, tags, str(path))
+        return tf.compat.v1.saved_model.loader.load(InlineRuns(session), tags, str(path))
     except tf.errors.OpError as exc:
         raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:

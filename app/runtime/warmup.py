@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +32,12 @@ DEFAULT_SIGNATURE = "serving_default"
 
 # (signature key, inputs) pairs one record expands to (several for multi_inference_log).
 _Requests = list[tuple[str, dict[str, np.ndarray]]]
+# Told every (signature, inputs) a warmup ran, e.g. to run them again at other batch sizes.
+Seen = Callable[[str, dict[str, np.ndarray]], None]
+
+
+def _ignore(signature: str, inputs: dict[str, np.ndarray]) -> None:
+    return None
 
 
 class _Runnable(Protocol):
@@ -41,8 +47,9 @@ class _Runnable(Protocol):
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def replay(servable: _Runnable, version_dir: Path, iterations: int) -> int:
+def replay(servable: _Runnable, version_dir: Path, iterations: int, seen: Seen = _ignore) -> int:
     """Run each warmup record `max(iterations, 1)` times; return the number of records.
+    `seen` is told each (signature, inputs) run, once.
 
     No warmup file -> 0. More than MAX_WARMUP_RECORDS records, an unparsable record, an
     unsupported log type (UNIMPLEMENTED) or a failing request -> LoadError.
@@ -56,6 +63,8 @@ def replay(servable: _Runnable, version_dir: Path, iterations: int) -> int:
         for _ in range(max(iterations, 1)):
             for signature, inputs in requests:
                 _run(servable, signature, inputs, f"warmup record {index} at {path}")
+        for signature, inputs in requests:
+            seen(signature, inputs)
     logger.info(
         "Finished warmup of %s: %d records in %.3f s",
         version_dir,
@@ -140,7 +149,7 @@ def _run(servable: _Runnable, signature: str, inputs: dict[str, np.ndarray], wha
         raise errors.LoadError(f"Failed {what}: {exc.message}", exc.code) from None
 
 
-def run_synthetic(servable: _Runnable) -> int:
+def run_synthetic(servable: _Runnable, seen: Seen = _ignore) -> int:
     """Run every signature that has inputs once on a generated 1-row batch; return how many.
 
     Inputs are zeros (b"" for strings), -1 dims become 1, unknown rank becomes [1]. Skipped:
@@ -155,8 +164,48 @@ def run_synthetic(servable: _Runnable) -> int:
         if inputs is None:
             continue
         _run(servable, name, inputs, f"synthetic warmup of signature {name}")
+        seen(name, inputs)
         count += 1
     return count
+
+
+def tile_rows(inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray] | None:
+    """`inputs` with `rows` rows on axis 0, repeating their own rows in order; None when they
+    have no common batch dimension (a scalar, differing row counts, no rows)."""
+    counts = {a.shape[0] if a.ndim else 0 for a in inputs.values()}
+    if len(counts) != 1 or 0 in counts:
+        return None
+    (n,) = counts
+    index = np.arange(rows) % n
+    return {alias: np.take(a, index, axis=0) for alias, a in inputs.items()}
+
+
+def run_batch_sizes(
+    servable: _Runnable, samples: Iterable[tuple[str, dict[str, np.ndarray]]], sizes: Sequence[int]
+) -> int:
+    """Run every sample (inputs a warmup ran) once at each row count of `sizes` it was not run
+    at, its rows repeated (`tile_rows`); return the number of sizes now warm. A size the model
+    refuses is skipped with a log line, not a load failure (TF Serving does not warm batch
+    sizes at all; real batches of that size would fail the same way)."""
+    ran: set[int] = set()
+    for signature, inputs in samples:
+        own = {a.shape[0] for a in inputs.values() if a.ndim}
+        for rows in sizes:
+            if rows in own:  # the warmup itself ran this size
+                ran.add(rows)
+                continue
+            tiled = tile_rows(inputs, rows)
+            if tiled is None:
+                break
+            try:
+                servable.run(signature, tiled)
+            except errors.HotserveError as exc:
+                logger.info(
+                    "batch-size warmup of %s at %d rows skipped: %s", signature, rows, exc.message
+                )
+                break
+            ran.add(rows)
+    return len(ran)
 
 
 def synthetic_inputs(signature: Signature) -> dict[str, np.ndarray] | None:

@@ -28,21 +28,31 @@ Floats = npt.NDArray[np.float64]
 @dataclass(frozen=True)
 class Requests:
     """One row per request: send time (monotonic s), latency (s, -1 = lost), HTTP status
-    (0 = lost: the connection failed before an answer)."""
+    (0 = lost: the connection failed before an answer), digest of the answer's first bytes
+    (record.lua; 0 = none): which version answered, when versions answer differently."""
 
     sent: Floats
     latency: Floats
     status: npt.NDArray[np.int64]
+    digest: npt.NDArray[np.int64]
+
+    def _keep(self, keep: npt.NDArray[np.bool_]) -> Requests:
+        return Requests(self.sent[keep], self.latency[keep], self.status[keep], self.digest[keep])
 
     def between(self, start: float, end: float) -> Requests:
-        keep = (self.sent >= start) & (self.sent < end)
-        return Requests(self.sent[keep], self.latency[keep], self.status[keep])
+        return self._keep((self.sent >= start) & (self.sent < end))
 
     def within(self, windows: list[tuple[float, float]]) -> Requests:
         keep = np.zeros(len(self.sent), dtype=bool)
         for start, end in windows:
             keep |= (self.sent >= start) & (self.sent < end)
-        return Requests(self.sent[keep], self.latency[keep], self.status[keep])
+        return self._keep(keep)
+
+    @property
+    def answered(self) -> Floats:
+        """When each request's answer arrived (monotonic s; meaningless for lost ones)."""
+        at: Floats = self.sent + self.latency
+        return at
 
     @property
     def ok_latency(self) -> Floats:
@@ -101,13 +111,19 @@ class WrkLoad:
     def requests(self) -> Requests:
         parts = []
         for path in sorted(self.prefix.parent.glob(self.prefix.name + "-*.tsv")):
-            rows = np.loadtxt(path, dtype=np.float64, ndmin=2).reshape(-1, 3)
+            rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
+            rows = rows.reshape(-1, 4) if rows.size else np.empty((0, 4))
             if path.name.endswith("-0.tsv") and len(rows) and rows[0, 2] == 0:
                 rows = rows[1:]  # thread 0's pipelining probe (see record.lua)
             parts.append(rows)
-        rows = np.concatenate(parts) if parts else np.empty((0, 3))
+        rows = np.concatenate(parts) if parts else np.empty((0, 4))
         rows = rows[np.argsort(rows[:, 0], kind="stable")]
-        return Requests(rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].astype(np.int64))
+        return Requests(
+            rows[:, 0].copy(),
+            rows[:, 1].copy(),
+            rows[:, 2].astype(np.int64),
+            rows[:, 3].astype(np.int64),
+        )
 
 
 def plain_rate(url: str, body_file: Path, connections: int, cpu: int, seconds: int) -> float:

@@ -282,7 +282,7 @@ def _outside(reqs: Requests, windows: list[tuple[float, float]]) -> Requests:
     keep = np.ones(len(reqs.sent), dtype=bool)
     for start, end in windows:
         keep &= ~((reqs.sent >= start) & (reqs.sent < end))
-    return Requests(reqs.sent[keep], reqs.latency[keep], reqs.status[keep])
+    return Requests(reqs.sent[keep], reqs.latency[keep], reqs.status[keep], reqs.digest[keep])
 
 
 def memory_table(cycles: list[Cycle], one_version: dict[str, int] | None = None) -> list[str]:

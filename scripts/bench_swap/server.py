@@ -1,7 +1,8 @@
 """A hotserve process for the swap benchmark: start it pinned to a core, poll it, read its log.
 
-The server runs as `python -m app` from the repository root, with stdout and stderr going to a
-log file. Every timestamp here is `time.monotonic()`.
+The server runs as `python -m app` from the repository root (or from `ServerOptions.source`,
+another checkout of hotserve, e.g. a worktree of an older commit to measure before/after), with
+stdout and stderr going to a log file. Every timestamp here is `time.monotonic()`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ServerOptions:
     model: str = MODEL
     flags: tuple[str, ...] = ()  # more hotserve flags, e.g. --load_policy=resource_preserving
     env: tuple[tuple[str, str], ...] = ()  # more environment, e.g. TF_* variables
+    source: Path = REPO  # the hotserve checkout whose `app` package runs
 
 
 class Server:
@@ -69,10 +71,15 @@ class Server:
             flags.append("--watch_file_events=false")  # polling alone, as on NFS
         flags += options.flags
         argv = ["taskset", "-c", str(options.cpu), sys.executable, "-m", "app", *flags]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **dict(options.env)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(options.source),
+            "PYTHONUNBUFFERED": "1",
+            **dict(options.env),
+        }
         self._log = options.log_path.open("wb")
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            argv, cwd=options.source, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def state(self, version: int) -> str | None:
@@ -178,27 +185,37 @@ class VersionTimes:
     warmup_s: float | None = None
     ready_s: float | None = None  # "load+warmup": from the load start to AVAILABLE
     unload_s: float | None = None  # "drain+unload" of this version when it was replaced
+    unloading_at: float | None = None
     end_at: float | None = None
 
 
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: "
-_PATTERNS = {
-    "loading": re.compile(_STAMP + rf"model {MODEL} version (\d+): LOADING"),
-    "available": re.compile(
-        _STAMP + rf"model {MODEL} version (\d+): AVAILABLE \(load\+warmup ([\d.]+)s\)"
-    ),
-    "load": re.compile(_STAMP + r"Loaded SavedModel \S*/(\d+) \(\d+ signatures\) in ([\d.]+) s"),
-    "warmup": re.compile(_STAMP + r"Finished warmup of \S*/(\d+): \d+ records in ([\d.]+) s"),
-    "end": re.compile(_STAMP + rf"model {MODEL} version (\d+): END \(drain\+unload ([\d.]+)s\)"),
-}
 
 
-def parse_log(text: str, wall_minus_mono: float) -> dict[int, VersionTimes]:
+def _patterns(model: str) -> dict[str, re.Pattern[str]]:
+    return {
+        "loading": re.compile(_STAMP + rf"model {model} version (\d+): LOADING"),
+        "available": re.compile(
+            _STAMP + rf"model {model} version (\d+): AVAILABLE \(load\+warmup ([\d.]+)s\)"
+        ),
+        "load": re.compile(
+            _STAMP + r"Loaded SavedModel \S*/(\d+) \(\d+ signatures\) in ([\d.]+) s"
+        ),
+        "warmup": re.compile(_STAMP + r"Finished warmup of \S*/(\d+): \d+ records in ([\d.]+) s"),
+        "unloading": re.compile(_STAMP + rf"model {model} version (\d+): UNLOADING"),
+        "end": re.compile(
+            _STAMP + rf"model {model} version (\d+): END \(drain\+unload ([\d.]+)s\)"
+        ),
+    }
+
+
+def parse_log(text: str, wall_minus_mono: float, model: str = MODEL) -> dict[int, VersionTimes]:
     """Per-version times from a server log. `wall_minus_mono` = time.time() - time.monotonic()
     of this process, to put the log's (local, millisecond) timestamps on the monotonic clock."""
     versions: dict[int, VersionTimes] = {}
+    patterns = _patterns(model)
     for line in text.splitlines():
-        for kind, pattern in _PATTERNS.items():
+        for kind, pattern in patterns.items():
             m = pattern.match(line)
             if m is None:
                 continue
@@ -213,6 +230,8 @@ def parse_log(text: str, wall_minus_mono: float) -> dict[int, VersionTimes]:
                 vt.load_s = value
             elif kind == "warmup":
                 vt.warmup_s = value
+            elif kind == "unloading":
+                vt.unloading_at = at
             else:
                 vt.end_at, vt.unload_s = at, value
             break

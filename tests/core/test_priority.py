@@ -40,3 +40,44 @@ def test_errors_propagate_from_the_load_thread() -> None:
 
     with pytest.raises(ValueError, match="bad 3"):
         p.call(boom, 3)
+
+
+def test_a_lowered_priority_call_runs_with_a_short_switch_interval() -> None:
+    """While a niced load runs, a thread waiting for the GIL gets it within 1 ms of asking
+    (sys.setswitchinterval); the interval is put back when the load returns."""
+    import sys
+
+    from app.core.priority import LOAD_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    p = LoadPriority(5)
+    assert p.call(sys.getswitchinterval) == before  # the first load: normal priority, as is
+    assert p.call(sys.getswitchinterval) == min(before, LOAD_SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == before
+
+
+def test_overlapping_loads_restore_the_interval_only_when_the_last_returns() -> None:
+    import sys
+
+    from app.core.priority import LOAD_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    p = LoadPriority(5)
+    p.call(where)
+    first_in = threading.Event()
+    release = threading.Event()
+    seen: list[float] = []
+
+    def long_load() -> None:
+        first_in.set()
+        release.wait(10)
+
+    t = threading.Thread(target=p.call, args=(long_load,))
+    t.start()
+    assert first_in.wait(10)
+    seen.append(p.call(sys.getswitchinterval))  # a second load starts and ends meanwhile
+    seen.append(sys.getswitchinterval())  # the first one still runs
+    release.set()
+    t.join(10)
+    assert seen == [min(before, LOAD_SWITCH_INTERVAL)] * 2
+    assert sys.getswitchinterval() == before

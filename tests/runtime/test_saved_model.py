@@ -525,3 +525,96 @@ def test_load_wrong_tags(testdata: Path) -> None:
         SavedModelLoader(tags=("gpu",)).load(testdata / CPU)
     assert info.value.code == "NOT_FOUND"
     assert "gpu" in info.value.message
+
+
+def test_load_time_session_runs_execute_in_the_calling_thread() -> None:
+    """The restore and init ops of a load run with inter_op_thread_pool=-1 (the loading
+    thread), never in TensorFlow's process-wide inter-op pool that serving calls queue on;
+    any options the loader passes are kept."""
+    from tensorflow.core.protobuf import config_pb2
+
+    from app.runtime.saved_model import InlineRuns
+
+    class Recorder:
+        graph = "the graph"
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, object, config_pb2.RunOptions, object]] = []
+
+        def run(self, fetches: object, feed: object, options: object, meta: object) -> str:
+            assert isinstance(options, config_pb2.RunOptions)
+            self.calls.append((fetches, feed, options, meta))
+            return "ran"
+
+    session = Recorder()
+    inline = InlineRuns(session)
+    assert inline.graph == "the graph"
+    assert inline.run("restore", {"f": 1}) == "ran"
+    inline.run(["init"], feed_dict=None, options=config_pb2.RunOptions(timeout_in_ms=5))
+    (f1, d1, o1, _), (f2, _, o2, _) = session.calls
+    assert (f1, d1, o1.inter_op_thread_pool) == ("restore", {"f": 1}, -1)
+    assert (f2, o2.inter_op_thread_pool, o2.timeout_in_ms) == (["init"], -1, 5)
+
+
+_POOL_BLOCKED_LOAD = r"""
+import sys, threading
+import numpy as np
+from pathlib import Path
+from app.runtime.saved_model import SavedModelLoader
+import tensorflow as tf
+
+v1 = tf.compat.v1
+entered, release = threading.Event(), threading.Event()
+
+def block(x):
+    entered.set()
+    release.wait(120)
+    return x
+
+# The first session of the process sizes TensorFlow's shared inter-op pool: one thread.
+config = v1.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=1)
+graph = tf.Graph()
+with graph.as_default():
+    out = v1.py_func(block, [tf.constant(1.0)], tf.float32)
+blocker = v1.Session(graph=graph, config=config)
+t = threading.Thread(target=blocker.run, args=(out,), daemon=True)
+t.start()
+if not entered.wait(120):
+    sys.exit("the blocking op never started")
+loaded = []
+loader = SavedModelLoader(intra_op_threads=1, inter_op_threads=1)
+worker = threading.Thread(target=lambda: loaded.append(loader.load(Path(sys.argv[1]))))
+worker.start()
+worker.join(60)  # a failure bound, not a speed check: the load must not need the pool
+done = not worker.is_alive()
+release.set()
+worker.join(120)
+t.join(120)
+y = loaded[0].run("serving_default", {"x": np.array([[2.0]], np.float32)})["y"]
+print("LOADED_WHILE_POOL_BLOCKED" if done else "LOAD_WAITED_FOR_THE_POOL", float(y.ravel()[0]))
+"""
+
+
+def test_a_load_never_waits_for_tensorflows_shared_pool(testdata: Path) -> None:
+    """With TensorFlow's process-wide inter-op pool fully taken (its one thread blocked in an
+    op), a model still loads: its restore and init ops run in the loading thread (InlineRuns).
+    Before, the restore queued on that pool, behind serving calls and ahead of them."""
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _POOL_BLOCKED_LOAD,
+            str(testdata / "saved_model_half_plus_two_cpu/00000123"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
+    assert "LOADED_WHILE_POOL_BLOCKED 3.0" in out.stdout, out.stdout + out.stderr[-3000:]

@@ -197,3 +197,58 @@ def test_synthetic_inputs_shapes() -> None:
     assert inputs["b"].dtype == np.int64
     assert inputs["c"].shape == ()
     assert inputs["c"].item() == b""
+
+
+def test_tile_rows_repeats_rows_in_order() -> None:
+    tiled = warmup.tile_rows({"x": np.array([[1.0], [2.0]]), "k": np.array([b"a", b"b"])}, 5)
+    assert tiled is not None
+    np.testing.assert_array_equal(tiled["x"].ravel(), [1, 2, 1, 2, 1])
+    assert list(tiled["k"]) == [b"a", b"b", b"a", b"b", b"a"]
+    assert warmup.tile_rows({"x": np.array(1.0)}, 3) is None  # no batch dimension
+    assert warmup.tile_rows({"x": np.zeros(2), "y": np.zeros(3)}, 3) is None  # none in common
+
+
+def test_every_warmed_signature_runs_at_every_batch_size(testdata: Path) -> None:
+    """What the warmup ran (both records of the test model: predict and regress) runs again
+    at each batch size the batcher will use, its rows repeated."""
+    servable = SavedModelLoader().load(testdata / "saved_model_half_plus_two_with_warmup/00000123")
+    try:
+        seen: list[tuple[str, dict[str, np.ndarray]]] = []
+        spy = Spy(servable)
+        version = testdata / "saved_model_half_plus_two_with_warmup/00000123"
+        warmup.replay(spy, version, 1, lambda s, i: seen.append((s, i)))
+        assert [s for s, _ in seen] == ["serving_default", "regress_x_to_y"]
+        spy.calls.clear()
+        assert warmup.run_batch_sizes(spy, seen, (1, 2, 3, 4)) == 4
+        own = {s: len(next(iter(i.values()))) for s, i in seen}
+        ran = sorted((s, len(next(iter(i.values())))) for s, i in spy.calls)
+        assert ran == sorted((s, n) for s in own for n in (1, 2, 3, 4) if n != own[s])
+        # the servable remembers what its own warmup ran
+        servable.warmup(1)
+        assert servable.warm_batch_sizes(tuple(range(1, 9))) == 8
+    finally:
+        servable.unload()
+
+
+def test_a_size_the_model_refuses_is_skipped_not_fatal(cpu: SavedModelServable) -> None:
+    class Refuses(Spy):
+        def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if len(inputs["x"]) > 2:
+                raise errors.InvalidArgument("too many rows")
+            return super().run(signature, inputs)
+
+    spy = Refuses(cpu)
+    samples = [("serving_default", {"x": np.array([[1.0]], np.float32)})]
+    assert warmup.run_batch_sizes(spy, samples, (1, 2, 3, 4)) == 2
+
+
+def test_prepare_makes_every_callable_before_the_first_request(testdata: Path) -> None:
+    servable = SavedModelLoader().load(testdata / "saved_model_half_plus_two_with_warmup/00000123")
+    try:
+        with_inputs = [n for n, s in servable.signatures.items() if s.inputs]
+        # the loader prepared them already: preparing again finds every callable made
+        assert servable.prepare() == len(with_inputs) > 1
+        out = servable.run("serving_default", {"x": np.array([[1.0]], np.float32)})
+        np.testing.assert_allclose(out["y"], [[2.5]])
+    finally:
+        servable.unload()

@@ -4,7 +4,9 @@
 -- Run with as many threads as connections: each wrk thread then drives ONE keep-alive
 -- connection, so request() and response() strictly alternate in a thread and pair up.
 -- Each thread writes OUT_PREFIX-<thread>.tsv, one line per request:
---   <send time, CLOCK_MONOTONIC seconds>\t<latency seconds>\t<HTTP status>
+--   <send time, CLOCK_MONOTONIC seconds>\t<latency seconds>\t<HTTP status>\t<body digest>
+-- (the digest: a small hash of the answer's first 64 bytes, 0 for none; versions that answer
+-- differently tell which version answered each request)
 -- (CLOCK_MONOTONIC is Python's time.monotonic() on Linux.) A request whose connection failed
 -- before it was answered is logged with latency -1 and status 0. wrk calls request() once more
 -- in thread 0 before any connection exists (to check for pipelining), so the first line of
@@ -48,16 +50,27 @@ end
 function request()
   if pending ~= nil then
     -- wrk reconnected and is writing again without an answer to the previous request.
-    out:write(string.format("%.6f\t-1\t0\n", pending))
+    out:write(string.format("%.6f\t-1\t0\t0\n", pending))
   end
   pending = now()
   return req
 end
 
+local function digest(body)
+  if body == nil then
+    return 0
+  end
+  local h = 0
+  for i = 1, math.min(#body, 64) do
+    h = (h * 31 + string.byte(body, i)) % 1000003
+  end
+  return h
+end
+
 function response(status, headers, body)
   local t = now()
   if pending ~= nil then
-    out:write(string.format("%.6f\t%.6f\t%d\n", pending, t - pending, status))
+    out:write(string.format("%.6f\t%.6f\t%d\t%d\n", pending, t - pending, status, digest(body)))
   end
   pending = nil
 end

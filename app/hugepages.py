@@ -1,0 +1,82 @@
+"""Transparent huge pages for malloc'ed memory, so unloading a large model never stalls serving.
+
+Why: with `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1` (app.runtime.memory) a model's weights come from
+malloc, which serves each large tensor from its own mmap and gives it back with one munmap when
+the version unloads. Tearing down 1 GiB of 4 KiB pages took 80-150 ms here, and for all that
+time the kernel holds the process's memory-map lock: every other thread that maps or unmaps
+memory waits (CPython maps its object arenas with mmap, holding the GIL), so no request
+completed for ~100 ms at every swap of a 1 GiB model (bench_swap per-swap mode; a thread
+calling mmap every 0.5 ms was stopped 80-150 ms by one `session.close()`). With glibc's
+`glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages (madvise) on its
+mappings: the same unload is 512 2 MiB pages, 3 ms, and the load got faster too (0.3 s instead of
+0.7 s for 1 GiB).
+
+glibc reads tunables once, when the process starts, so `reexec_argv_env` gives the command to
+re-run the current process with the tunable added (the `hotserve` / `python -m app` entry point
+does that once, before anything is loaded). Only on Linux with glibc >= 2.35 and THP not
+disabled; a GLIBC_TUNABLES that already names `glibc.malloc.hugetlb` (e.g. `=0` to opt out) is
+left alone. Under `uvicorn --factory app.main:create_app` or an embedding program, set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment yourself (the Docker image does).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+TUNABLE = "glibc.malloc.hugetlb"
+VALUE = "1"
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _glibc_supports_it() -> bool:
+    name, version = platform.libc_ver()
+    if name != "glibc":
+        return False
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (2, 35)
+
+
+def _thp_available(path: Path = THP_ENABLED) -> bool:
+    try:
+        return "[never]" not in path.read_text()
+    except OSError:
+        return False
+
+
+def with_tunable(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """`environ` plus the tunable, or None when it names the tunable already."""
+    current = environ.get("GLIBC_TUNABLES", "")
+    if TUNABLE in current:
+        return None
+    entry = f"{TUNABLE}={VALUE}"
+    return {**environ, "GLIBC_TUNABLES": f"{current}:{entry}" if current else entry}
+
+
+def reexec_argv_env() -> tuple[list[str], dict[str, str]] | None:
+    """(argv, environment) to re-run this process with huge pages for malloc, or None when it
+    has them already, cannot have them, or the environment decided otherwise."""
+    if sys.platform != "linux" or not _glibc_supports_it() or not _thp_available():
+        return None
+    env = with_tunable(os.environ)
+    if env is None:
+        return None
+    return [sys.executable, *sys.orig_argv[1:]], env
+
+
+def reexec_with_hugepages() -> None:
+    """Replace this process with itself plus the tunable (see the module doc); returns only
+    when nothing is to be done. Call before threads or files that should not be inherited."""
+    plan = reexec_argv_env()
+    if plan is None:
+        return
+    argv, env = plan
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
