@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 from anyio import from_thread, to_thread
 from fastapi import FastAPI
 
@@ -49,6 +50,8 @@ from app.storage.scanner import RemoteScanner, SplitScanner
 if TYPE_CHECKING:
     from app.grpc.server import GrpcServer
     from app.grpc.service import Reload
+    from app.rollout.controller import RolloutController
+    from app.rollout.shadow import RolloutTap
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +149,22 @@ def observed_runners(
 
 
 def state_observer(
-    events: EventLog | None, traffic: Traffic | None
+    events: EventLog | None,
+    traffic: Traffic | None,
+    rollouts: RolloutController | None = None,
 ) -> Callable[[str, VersionStatus], None] | None:
     """The registry's state-change callback: the event log records it, traffic forgets ended
-    versions."""
-    hooks = [h for h in (events and events.observe, traffic and traffic.forget) if h]
+    versions, the rollout controller sees a newly published version start LOADING (auto-enter,
+    Policy.on_publish) before it can take the default route."""
+    hooks = [
+        h
+        for h in (
+            events and events.observe,
+            traffic and traffic.forget,
+            rollouts and rollouts.version_state,
+        )
+        if h
+    ]
     if not hooks:
         return None
 
@@ -305,17 +319,23 @@ def notice_exit_signals(notice: Callable[[], None]) -> Iterator[None]:
                 signal.signal(sig, chained)
 
 
-def rollout_source(app: FastAPI, settings: Settings) -> RolloutFileSource | None:
-    """Empty the rollout table (a rollout belongs to the registry it was set on) and make the
-    --rollout_config_file poller, if a file is configured."""
+def rollout_source(
+    app: FastAPI, settings: Settings, registry: Registry
+) -> RolloutFileSource | None:
+    """Empty the rollout table (a rollout belongs to the registry it was set on), end a model's
+    rollout when models.config drops the model, and make the --rollout_config_file poller, if
+    a file is configured."""
     table: RolloutTable | None = getattr(app.state, "rollouts", None)
     if table is None:
         return None
     table.reset()
+    registry.add_retire_listener(table.model_removed)
     if not settings.rollout_config_file:
         return None
     path = Path(settings.rollout_config_file)
-    return RolloutFileSource(path, table, settings.rollout_config_poll_wait_seconds)
+    source = RolloutFileSource(path, table, settings.rollout_config_poll_wait_seconds)
+    registry.add_retire_listener(source.forget)
+    return source
 
 
 @asynccontextmanager
@@ -345,7 +365,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loads,
         replace(load_options(settings), publish_gate=gate),
         release,
-        observe=state_observer(events, traffic),
+        observe=state_observer(events, traffic, getattr(app.state, "rollout_controller", None)),
     )
     registry.set_models(configs)
     scanner = SplitScanner(
@@ -365,7 +385,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     source.set_models(configs)
     app.state.registry = registry
-    rollout_file = rollout_source(app, settings)
+    rollout_file = rollout_source(app, settings, registry)
     app.state.reload_config = (
         config_reloader(settings, registry, source) if settings.model_config_file else None
     )
@@ -383,7 +403,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             if gate is not None:
                 await tg.start(gate.run)
-            await tg.start(registry.run)
+            await _start_rollouts(tg, app, registry)
             discovery = anyio.CancelScope()
             tg.start_soon(
                 partial(_discover, rollout_file=rollout_file),
@@ -403,11 +423,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 tg.cancel_scope.cancel()
 
 
+async def _start_rollouts(tg: anyio.abc.TaskGroup, app: FastAPI, registry: Registry) -> None:
+    """The registry, then the shadow tasks' owner and the rollout controller (issue 11), in THE
+    task group."""
+    await tg.start(registry.run)
+    tap: RolloutTap | None = getattr(app.state, "rollout_tap", None)
+    controller: RolloutController | None = getattr(app.state, "rollout_controller", None)
+    if tap is not None:
+        tap.reset()
+        await tg.start(tap.run)
+    if controller is not None:
+        await tg.start(controller.run)
+
+
 async def _stop_serving(
     app: FastAPI, settings: Settings, grpc: GrpcServer | None, registry: Registry
 ) -> None:
     """Ordered, within the shutdown budget: gRPC refuses new RPCs and lets in-flight ones
     finish, then every version drains and unloads."""
+    tap: RolloutTap | None = getattr(app.state, "rollout_tap", None)
+    if tap is not None:
+        tap.stop()  # no new shadow work; running shadows hold leases the drain waits for
     deadline = getattr(app.state, "shutdown_deadline", None)
     budget = remaining(deadline, settings.drain_timeout_seconds)
     with anyio.CancelScope(shield=True), anyio.move_on_after(budget) as scope:

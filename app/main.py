@@ -33,6 +33,8 @@ from app.core.servable import Loader
 from app.lifespan import lifespan
 from app.logs import configure_logging
 from app.metrics import Metrics, install_routes
+from app.rollout.controller import RolloutController
+from app.rollout.shadow import RolloutTap, ShadowBudget
 from app.rollout.table import RolloutTable
 from app.serving.service import Serving
 from app.settings import Settings
@@ -96,8 +98,18 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             raise Unavailable("Server is starting")
         return reg
 
-    serving = app.state.serving = Serving(registry, settings.enable_signature_method_name_check)
     rollouts = app.state.rollouts = RolloutTable(registry)  # issue 11: admin, file, controller
+    budget = ShadowBudget(
+        settings.shadow_max_in_flight, settings.shadow_batch_share, settings.shadow_busy_in_flight
+    )
+    tap = app.state.rollout_tap = RolloutTap(registry, budget)
+    controller = app.state.rollout_controller = RolloutController(
+        rollouts, tap, registry, interval=settings.rollout_interval_seconds
+    )
+    metrics.prometheus.register(controller.metrics)
+    serving = app.state.serving = Serving(
+        registry, settings.enable_signature_method_name_check, rollouts=tap
+    )
 
     def keyed(model: str, old: object, new: object) -> None:
         serving.keyed = rollouts.keyed()

@@ -346,6 +346,30 @@ class Settings(BaseSettings):
         description="with --workers > 1: how long a loaded version waits for every worker to"
         " load it before it is given up everywhere",
     )
+    shadow_max_in_flight: int = Field(
+        default=16,
+        ge=0,
+        description="rollouts: most mirrored (shadow) requests in flight per model; more are"
+        " dropped (counted), never queued",
+    )
+    shadow_batch_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="rollouts: the share of the canary's max_batch_size rows that mirrored"
+        " requests may occupy at once (batching on); more are dropped",
+    )
+    shadow_busy_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="rollouts: no new mirrored request while the primary version has this many"
+        " requests in flight (under overload shadow work goes first)",
+    )
+    rollout_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="rollouts: how often the controller evaluates each automatic rollout",
+    )
 
     # --- the official Docker image's environment (spec 1.3), unprefixed -----------------------
     docker_model_name: str | None = docker_env(

@@ -205,6 +205,36 @@ def export_half_plus(export_dir: Path, bias: float) -> None:
     export_graph(_half_plus_two_graph(bias), export_dir)
 
 
+def _failing_half_plus_graph(bias: float) -> GraphBuilder:
+    """half_plus_two's `serving_default` (x -> y) whose every call fails at run time: an Assert
+    that fires for any non-empty x (TF raises InvalidArgumentError inside the session run), so
+    the version loads, validates and warms up like a good one and breaks only when it serves."""
+
+    def build() -> tuple[SignatureMap, dict[Any, np.ndarray]]:
+        initial: dict[Any, np.ndarray] = {}
+        a = variable("a", 0.5, initial)
+        b = variable("b", bias, initial)
+        x = v1.placeholder(tf.float32, shape=[None], name="x")
+        never = tf.reduce_all(tf.less(x, x))  # False for any non-empty x
+        check = v1.Assert(never, ["this version is broken on purpose"], name="broken")
+        with tf.control_dependencies([check]):
+            y = tf.add(a * x, b, name="y")
+        signatures = {
+            "serving_default": signature_def(
+                {"x": x}, {"y": y}, v1.saved_model.signature_constants.PREDICT_METHOD_NAME
+            )
+        }
+        return signatures, initial
+
+    return build
+
+
+def export_failing_half_plus(export_dir: Path, bias: float) -> None:
+    """A half_plus_two-shaped SavedModel that loads fine and fails every request (rollout
+    tests and the rollout demo's bad version)."""
+    export_graph(_failing_half_plus_graph(bias), export_dir)
+
+
 def export_mlp(export_dir: Path) -> None:
     """The demo MLP with its warmup record (the swap benchmark republishes it as new versions)."""
     export_graph(_mlp_graph, export_dir)

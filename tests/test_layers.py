@@ -33,7 +33,11 @@ FORBIDDEN = {
     "control": ("app.runtime", "app.lifespan", "app.cli", "app.main", "tensorflow",
                 "tensorflow_serving"),
     # Rollouts (issue 11): the split/table/config build on core and serve nothing themselves.
-    "rollout": ("app.api", "app.grpc", "app.control", "app.runtime", "app.storage", "app.main",
+    # control's traffic window (app.control.traffic.Window) is the one part of control the
+    # rollout analysis reuses (per-second buckets, latency histogram) instead of a second copy.
+    "rollout": ("app.api", "app.grpc", "app.control.admin", "app.control.actions",
+                "app.control.events", "app.control.page", "app.control.rollouts",
+                "app.control.status", "app.runtime", "app.storage", "app.main",
                 "app.lifespan", "app.cli", "fastapi", "starlette", "grpc", "tensorflow",
                 "tensorflow_serving"),
     # Object-store discovery builds on core's scanner contract; it serves nothing itself.

@@ -172,7 +172,7 @@ class TFServingRest:
             raise
         seen.model, seen.api = route.name, route.kind if route.kind in VERBS else ""
         if route.kind == "metadata":
-            return 200, self._metadata(route)
+            return 200, self._metadata(route, scope)
         if route.kind == "status":
             return 200, self._status(route)
         body = await self._read_body(scope, receive)
@@ -271,7 +271,7 @@ class TFServingRest:
                 inputs = await self._offload(codec.to_tensors, req, sig)
             else:
                 inputs = codec.to_tensors(req, sig)
-            outputs = await serving.run(mv, sig, inputs, deadline)
+            outputs = await serving.run(mv, sig, inputs, deadline, ref=ref)
         big_answer = _values(outputs.values()) >= self.options.offload_elements
         if big_answer:
             return await self._offload(codec.encode_predict, outputs, req.columnar)
@@ -295,13 +295,14 @@ class TFServingRest:
             else:
                 serialized = serialize(context, examples)
             if api == "classify":
-                result = await serving.classify(mv, sig, serialized, deadline)
+                result = await serving.classify(mv, sig, serialized, deadline, ref=ref)
                 return codec.encode_classify(result.classes, result.scores)
-            values = await serving.regress(mv, sig, serialized, deadline)
+            values = await serving.regress(mv, sig, serialized, deadline, ref=ref)
         return codec.encode_regress(values)
 
-    def _metadata(self, route: Route) -> bytes:
-        with self._serving.pin(ModelRef(route.name, route.version, route.label)) as mv:
+    def _metadata(self, route: Route, scope: Scope) -> bytes:
+        # With the routing key: a sticky client reads the signatures of the arm it lands on.
+        with self._serving.pin(self._ref(route, scope)) as mv:
             cached = mv.cache.get("metadata")
             if cached is None:
                 cached = codec.encode_json(

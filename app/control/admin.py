@@ -187,6 +187,16 @@ def install_admin(app: FastAPI, settings: Settings) -> bool:
     return True
 
 
+def _with_analysis(app: FastAPI, doc: dict[str, Any]) -> dict[str, Any]:
+    """Add the rollout controller's window and verdict (app.rollout.controller) to a model's
+    `rollout` section, when it has an active one."""
+    controller = getattr(app.state, "rollout_controller", None)
+    section = doc.get("rollout")
+    if controller is not None and isinstance(section, dict) and section.get("rollout"):
+        section["analysis"] = controller.status(doc.get("name", ""))
+    return doc
+
+
 def _read_routes(
     router: APIRouter,
     app: FastAPI,
@@ -199,13 +209,17 @@ def _read_routes(
         reg: Registry | None = app.state.registry
         shutting_down = bool(getattr(app.state, "shutting_down", False))
         rollouts = getattr(app.state, "rollouts", None)
-        return JSONResponse(status_document(reg, events, traffic, shutting_down, rollouts))
+        doc = status_document(reg, events, traffic, shutting_down, rollouts)
+        for m in doc.get("models", []):
+            _with_analysis(app, m)
+        return JSONResponse(doc)
 
     @router.get("/models/{name}", summary="One model: versions, durations, in-flight, events")
     async def model(name: NAME) -> JSONResponse:
         async def build() -> dict[str, Any]:
             rollouts = getattr(app.state, "rollouts", None)
-            return model_document(registry(), events, traffic, name, 50, rollouts=rollouts)
+            doc = model_document(registry(), events, traffic, name, 50, rollouts=rollouts)
+            return _with_analysis(app, doc)
 
         return await _answer(build(), lambda doc: doc)
 

@@ -99,6 +99,22 @@ function model(m) {
     if (ro.reason) text += ': ' + ro.reason;
     const line = el('div', text, ro.phase === 'rolled_back' ? 'err' : '');
     line.dataset.role = 'rollout'; box.appendChild(line);
+    const an = m.rollout.analysis;
+    if (an) {  // the controller's window: per arm, shadow, and its last verdict
+      const w = an.window; const s = w.shadow;
+      const arm = (name, a) => name + ' ' + a.requests + ' req/' + a.errors + ' err, p99 ' +
+        (a.p99_ms === null ? '-' : num(a.p99_ms, 1)) + ' ms';
+      const why = an.verdict_reason ? ' (' + an.verdict_reason + ')' : '';
+      let t = 'analysis: ' + an.verdict + why + '; ' + arm('stable', w.stable) + '; ' +
+        arm('canary', w.canary) + '; shadow ' +
+        s.samples + ' samples/' + s.errors + ' err, ' + s.dropped + ' dropped';
+      if (s.max_abs_diff !== null) t += ', max |diff| ' + s.max_abs_diff;
+      if (s.argmax_agreement !== null) {
+        t += ', argmax agreement ' + num(s.argmax_agreement * 100, 1) + '%';
+      }
+      const aline = el('div', t, an.verdict === 'unhealthy' ? 'err' : '');
+      aline.dataset.role = 'analysis'; box.appendChild(aline);
+    }
   }
   const table = el('table'); const head = el('tr');
   const columns = ['version', 'state', 'route', 'in flight', 'req/s', 'p99 ms', 'load s',

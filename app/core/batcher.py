@@ -202,6 +202,11 @@ class Batcher(_Drain):
         self.batch_sizes = batch_sizes(policy)
         self._queue_limit = policy.max_enqueued_batches * policy.max_batch_size
 
+    @property
+    def max_batch_size(self) -> int:
+        """Rows per batch (the policy's): what a share of "batch slots" is counted against."""
+        return self._max_task
+
     async def submit(
         self, signature: str, inputs: dict[str, np.ndarray], deadline: float | None = None
     ) -> dict[str, np.ndarray]:

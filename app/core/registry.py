@@ -92,6 +92,9 @@ class Registry:
         self._replaced: list[ModelState] = []  # retired states superseded by a new one
         self._tg: anyio.abc.TaskGroup | None = None
         self._run_done = anyio.Event()
+        # Called (loop thread) with the name of a model removed from the configuration: its
+        # overrides go with its retired state, so whoever set some (a rollout) must forget them.
+        self._on_retire: list[Callable[[str], None]] = []
 
     # ---- request side (loop thread, no awaits) -------------------------------------------
 
@@ -181,6 +184,8 @@ class Registry:
             if name not in wanted and model.active:
                 log.info("model %s removed from the configuration; unloading it", name)
                 model.retire()
+                for retired in list(self._on_retire):
+                    retired(name)
 
     def _new_model(self, cfg: ModelConfig, previous: ModelState | None) -> ModelState:
         """A fresh state; a retired `previous` of the same name is only read (its statuses show
@@ -209,6 +214,11 @@ class Registry:
     def version_policy(self, name: str) -> VersionPolicy:
         """Model `name`'s configured version policy (NotFound if it is not configured)."""
         return self._active_model(name).config.version_policy
+
+    def add_retire_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(name)` when model `name` is removed from the configuration (its
+        overrides are dropped with it; a model added back starts with none)."""
+        self._on_retire.append(listener)
 
     def override(self, name: str, overrides: Overrides) -> None:
         """The admin input (app.core.overrides), beside `on_scan`: replaces model `name`'s

@@ -233,7 +233,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
                 checks.predict_inputs(sig, inputs)  # TF's order: the aliases, then the dtypes
                 checks.fed_dtypes(sig, inputs)
                 outputs = await serving.predict(
-                    mv, sig, inputs, deadline_of(context), list(request.output_filter)
+                    mv, sig, inputs, deadline_of(context), list(request.output_filter), ref=ref
                 )
                 version = mv.id.version
             big = sum(arr.size for arr in outputs.values()) >= OFFLOAD_ELEMENTS
@@ -250,7 +250,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             serving = self._serving
             with serving.pin(ref) as mv:
                 sig = serving.signature(mv, request.model_spec.signature_name, "classify")
-                result = await serving.classify(mv, sig, examples, deadline_of(context))
+                result = await serving.classify(mv, sig, examples, deadline_of(context), ref=ref)
                 version = mv.id.version
             response = classification_pb2.ClassificationResponse()
             set_spec(
@@ -269,7 +269,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             serving = self._serving
             with serving.pin(ref) as mv:
                 sig = serving.signature(mv, request.model_spec.signature_name, "regress")
-                values = await serving.regress(mv, sig, examples, deadline_of(context))
+                values = await serving.regress(mv, sig, examples, deadline_of(context), ref=ref)
                 version = mv.id.version
             response = regression_pb2.RegressionResponse()
             set_spec(
@@ -319,7 +319,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
             if not request.HasField("model_spec"):
                 raise InvalidArgument("Missing ModelSpec")
             meta.check_fields(list(request.metadata_field))
-            version, defs = self._serving.metadata(model_ref(request.model_spec))
+            version, defs = self._serving.metadata(self._ref(request, context))  # keyed
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version

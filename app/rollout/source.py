@@ -44,6 +44,12 @@ class RolloutFileSource:
         self._last_error = ""
         self._pending_errors: dict[str, str] = {}
 
+    def forget(self, model: str) -> None:
+        """Model `model` left the configuration (its rollout with it): apply its entry again
+        when it comes back."""
+        self._applied.pop(model, None)
+        self._pending_errors.pop(model, None)
+
     async def run(self) -> None:
         """Read now, then every `wait_seconds`, until cancelled."""
         while True:

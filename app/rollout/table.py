@@ -97,12 +97,16 @@ class RolloutTable:
         self._policies: Mapping[str, Policy] = _NO_POLICIES
         self._listeners: list[Listener] = []
         self._events: deque[RolloutEvent] = deque(maxlen=MAX_EVENTS)
+        # model -> the pin a promote/rollback set (the version policy would have picked
+        # another version), lifted when the finished rollout is cleared: back to the policy.
+        self._end_pins: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget every rollout, policy and event (a new registry: the lifespan's start).
         Listeners stay."""
         old, self._rollouts, self._policies = self._rollouts, _EMPTY, _NO_POLICIES
         self._events.clear()
+        self._end_pins.clear()
         for name, r in old.items():
             self._notify(name, r, None)
 
@@ -209,6 +213,8 @@ class RolloutTable:
                 *arms,
             ):
                 return current
+            if active is None and stable_loading:  # the file's record of a finished rollout
+                return self._ended(model, body, stable, canary, source)
             if active is None or (active.stable, active.canary) != (stable, canary):
                 raise FailedPrecondition(
                     f"Model {model} has no active rollout from version {stable} to {canary} to end"
@@ -218,6 +224,25 @@ class RolloutTable:
             return self.rollback(model, body.reason or f"rolled back by {source}", source)
         rollout = to_rollout(model, body, stable, canary)
         return self.start(rollout, source, stable_loading=stable_loading)
+
+    def _ended(
+        self, model: str, body: RolloutBody, stable: int, canary: int, source: str
+    ) -> Rollout:
+        """A rollout file entry that says promoted / rolled_back with no such rollout running
+        (after a restart, a restarted worker, or the model added back): record it, and for a
+        rollback withdraw the canary, so `latest` does not give the bad version the whole
+        route. Nothing is pinned: the version policy picks among the rest (a version published
+        since the rollout ended is served, not stable)."""
+        reg = self._registry()
+        require_version(reg, model, stable)
+        require_version(reg, model, canary)
+        r = to_rollout(model, body, stable, canary)
+        check_values(r)
+        if r.phase is Phase.PROMOTED:
+            r = replace(r, weight=1.0, reason=body.reason or f"promoted by {source}")
+            return self._apply(r, "promote", source, pin_kept=False)
+        r = replace(r, weight=0.0, reason=body.reason or f"rolled back by {source}")
+        return self._apply(r, "rollback", source, pin_kept=False)
 
     def hold_default(self, model: str) -> int:
         """Pin the version serving model's default route now, so a version published later
@@ -291,11 +316,26 @@ class RolloutTable:
             raise NotFound(f"Model {model} has no rollout")
         if not old.phase.over:
             self._to_core(model, None, withdraw=None, keep=None)
+        else:
+            self._lift_end_pin(model)
         self._replace(model, None)
         self._record("clear", old, source)
         log.info("rollout of model %s cleared (%s)", model, source)
         self._notify(model, old, None)
         return old
+
+    def model_removed(self, model: str) -> None:
+        """Model `model` left the configuration (Registry retire listener, loop thread): core
+        dropped its overrides (split, withdrawn, pin) with its state, so its rollout ends
+        here too instead of being reported as a split that routes nothing."""
+        old = self._rollouts.get(model)
+        if old is None:
+            return
+        self._end_pins.pop(model, None)
+        self._replace(model, None)
+        self._record("clear", replace(old, reason="model removed from the configuration"), "config")
+        log.info("rollout of model %s cleared: model removed from the configuration", model)
+        self._notify(model, old, None)
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -305,13 +345,15 @@ class RolloutTable:
             raise NotFound(f"Model {model} has no active rollout")
         return r
 
-    def _apply(self, new: Rollout, action: str, source: str) -> Rollout:
+    def _apply(self, new: Rollout, action: str, source: str, *, pin_kept: bool = True) -> Rollout:
+        """Hand core the rollout and record it; `pin_kept` False: an end state sets no pin."""
         name = new.model
         old = self._rollouts.get(name)
         if new.phase is Phase.PROMOTED:
-            self._to_core(name, None, withdraw=None, keep=new.canary)
+            self._to_core(name, None, withdraw=None, keep=new.canary if pin_kept else None)
         elif new.phase is Phase.ROLLED_BACK:
-            self._to_core(name, None, withdraw=new.canary, keep=new.stable)
+            keep = new.stable if pin_kept else None
+            self._to_core(name, None, withdraw=new.canary, keep=keep)
         else:
             weight = new.weight if new.phase is not Phase.SHADOW else 0.0
             self._to_core(name, RouteSplit(new.stable, new.canary, weight), None, None)
@@ -345,9 +387,26 @@ class RolloutTable:
         if withdraw is not None:
             withdrawn = withdrawn | {withdraw}
         pin = now.pin
+        self._end_pins.pop(name, None)
         if keep is not None:
             pin = None if keep == policy_default(reg, name, withdrawn, now) else keep
+            if pin is not None and pin != now.pin:
+                self._end_pins[name] = pin
         reg.override(name, replace(now, split=split, withdrawn=withdrawn, pin=pin))
+
+    def _lift_end_pin(self, name: str) -> None:
+        """Clearing a finished rollout: unpin the version its promote/rollback pinned (if it
+        is still the pin), so the default route follows the version policy again, as the
+        README promises, and a version published later is served (under --workers the rollout
+        file is the only way to lift it: the admin API refuses changes there)."""
+        pin = self._end_pins.pop(name, None)
+        if pin is None:
+            return
+        reg = self._registry()
+        now = reg.overrides(name)
+        if now.pin == pin:
+            reg.override(name, replace(now, pin=None))
+            log.info("model %s: pin on version %d (set by its rollout's end) lifted", name, pin)
 
     def _replace(self, name: str, value: Rollout | None) -> None:
         rollouts = {k: v for k, v in self._rollouts.items() if k != name}

@@ -26,9 +26,9 @@ inference limiter. Nothing here knows JSON, protobuf, HTTP or gRPC.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
@@ -45,6 +45,29 @@ Api = Literal["predict", "classify", "regress"]
 Edge = Literal["REST", "GRPC"]
 __all__ = ["Classification", "ModelRef", "Serving", "Task"]
 
+RunFn = Callable[
+    [ModelVersion, Signature, dict[str, Array], float | None], Awaitable[dict[str, Array]]
+]
+
+
+class RolloutTap(Protocol):
+    """What `run` calls for a default-route request of a model in `models` (those with an
+    active rollout): `app.rollout.shadow.RolloutTap` records the arm and mirrors to the canary.
+    A Protocol so the serving layer imports nothing of the rollout package."""
+
+    @property
+    def models(self) -> Container[str]: ...
+
+    async def run_primary(
+        self,
+        run: RunFn,
+        mv: ModelVersion,
+        sig: Signature,
+        inputs: dict[str, Array],
+        deadline: float | None,
+    ) -> dict[str, Array]: ...
+
+
 PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -55,9 +78,15 @@ class Serving:
     """The serving layer both edges call. `registry` returns the live registry (raising
     Unavailable while the server starts)."""
 
-    def __init__(self, registry: Callable[[], Registry], method_name_check: bool = False):
+    def __init__(
+        self,
+        registry: Callable[[], Registry],
+        method_name_check: bool = False,
+        rollouts: RolloutTap | None = None,
+    ):
         self._registry = registry
         self.method_name_check = method_name_check
+        self.rollouts = rollouts
         # Whether any model's default route is split by a rollout (set on the loop thread by
         # app.rollout.table's listener, wired in app.main): the edges read a request's routing
         # key only then, so a server without rollouts pays one attribute read per request.
@@ -113,11 +142,35 @@ class Serving:
     # ---- running ----------------------------------------------------------------------------
 
     async def run(
-        self, mv: ModelVersion, sig: Signature, inputs: dict[str, Array], deadline: float | None
+        self,
+        mv: ModelVersion,
+        sig: Signature,
+        inputs: dict[str, Array],
+        deadline: float | None,
+        *,
+        ref: ModelRef | None = None,
     ) -> dict[str, Array]:
         """Every output of `sig` for `inputs`, through the version's runner, within `deadline`
         (time.monotonic() seconds; None = no deadline). Raises DeadlineExceeded once it passes;
-        work whose deadline has passed never reaches the model."""
+        work whose deadline has passed never reaches the model.
+
+        `ref`: what the request named. A default-route request (no version, no label) of a model
+        with an active rollout goes through the rollout tap (arm records, shadow traffic); for
+        every other request the tap costs one attribute read and a set lookup."""
+        tap = self.rollouts
+        if (
+            tap is not None
+            and ref is not None
+            and ref.version is None
+            and ref.label is None
+            and ref.name in tap.models
+        ):
+            return await tap.run_primary(self._run, mv, sig, inputs, deadline)
+        return await self._run(mv, sig, inputs, deadline)
+
+    async def _run(
+        self, mv: ModelVersion, sig: Signature, inputs: dict[str, Array], deadline: float | None
+    ) -> dict[str, Array]:
         runner = mv.runner
         if deadline is None or runner.enforces_deadlines:
             # One timer per request is enough: a second anyio scope cost 15-25 µs (profiled).
@@ -134,24 +187,32 @@ class Serving:
         inputs: dict[str, Array],
         deadline: float | None,
         output_filter: Sequence[str] = (),
+        *,
+        ref: ModelRef | None = None,
     ) -> dict[str, Array]:
         """TF Serving's Predict on a pinned version: checks the inputs against the signature and
         the output filter before the model runs (predict_util.cc), then returns the filtered
         outputs in filter order (every output when the filter is empty)."""
         checks.predict_inputs(sig, inputs)
         wanted = checks.output_filter(sig, output_filter)
-        outputs = await self.run(mv, sig, inputs, deadline)
+        outputs = await self.run(mv, sig, inputs, deadline, ref=ref)
         if not wanted:
             return outputs
         return {alias: outputs[alias] for alias in wanted}
 
     async def classify(
-        self, mv: ModelVersion, sig: Signature, examples: Array, deadline: float | None
+        self,
+        mv: ModelVersion,
+        sig: Signature,
+        examples: Array,
+        deadline: float | None,
+        *,
+        ref: ModelRef | None = None,
     ) -> Classification:
         """Classify serialized tf.Examples (1-D object array of bytes) with a classify-shaped
         signature (classifier.cc PreProcess/PostProcessClassificationResult)."""
         in_alias, classes, scores = checks.classify_io(sig)
-        outputs = await self.run(mv, sig, {in_alias: examples}, deadline)
+        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref=ref)
         return checks.classification(
             outputs.get(classes) if classes else None,
             outputs.get(scores) if scores else None,
@@ -159,11 +220,17 @@ class Serving:
         )
 
     async def regress(
-        self, mv: ModelVersion, sig: Signature, examples: Array, deadline: float | None
+        self,
+        mv: ModelVersion,
+        sig: Signature,
+        examples: Array,
+        deadline: float | None,
+        *,
+        ref: ModelRef | None = None,
     ) -> Array:
         """Regress serialized tf.Examples: a float32 [batch] array (regressor.cc)."""
         in_alias, out_alias = checks.regress_io(sig)
-        outputs = await self.run(mv, sig, {in_alias: examples}, deadline)
+        outputs = await self.run(mv, sig, {in_alias: examples}, deadline, ref=ref)
         return checks.regression(outputs[out_alias], len(examples))
 
     async def multi_inference(

@@ -5,6 +5,7 @@ in hotserve's HTTP (TF Serving's mapping, app.api.errors), not 409."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.settings import Settings
 from tests.control.conftest import broken, publish
-from tests.control.test_admin import AUTH, _settings
-from tests.harness import running_app
+from tests.control.test_admin import AUTH, TOKEN, _settings
+from tests.harness import models_config, running_app
 from tests.integration.conftest import version_of
 
 ROLLOUT = "/admin/v1/models/m/rollout"
@@ -142,3 +144,135 @@ async def test_refusals(pinned: tuple[FastAPI, httpx.AsyncClient, Path]) -> None
     assert code == 400 and "--workers > 1" in error
     assert (await client.get(ROLLOUT, headers=AUTH)).status_code == 200  # reads still answer
     app.state.publish_gate = None
+
+
+async def test_a_model_removed_from_models_config_and_added_back_does_not_keep_a_ghost_rollout(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """A rollout belongs to the model's state: removing the model from models.config ends it
+    (core forgets the split with the retired state), so the table must not go on reporting an
+    active 50% split that routes nothing; the rollout file's entry applies again once the
+    model is back."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    config = tmp_path / "models.config"
+    with_m = models_config({"m": str(base)})
+    config.write_text(with_m)
+    (tmp_path / "other").mkdir()
+    publish(version_library, tmp_path / "other", 1)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = Settings(
+        model_config_file=str(config),
+        model_config_file_poll_wait_seconds=3600,  # only the admin call re-reads it
+        rollout_config_file=str(rollouts),
+        rollout_config_poll_wait_seconds=0.2,
+        version_settle_seconds=0,
+        file_system_poll_wait_seconds=1,
+        admin_token=TOKEN,
+    )
+    async with running_app(settings) as (app, client):
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})
+        got = await shares(client, 100)
+        assert got[1] > 15 and got[2] > 15
+        config.write_text(models_config({"other": str(tmp_path / "other")}))
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert app.state.rollouts.active("m") is None  # no ghost of the retired model's split
+        config.write_text(with_m)
+        r = await client.post("/admin/v1/config/reload", headers=AUTH)
+        assert r.status_code == 200, r.text
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})  # the file applies again
+        ro = app.state.rollouts.active("m")
+        assert ro is not None and (ro.stable, ro.canary, ro.weight) == (1, 2, 0.5)
+        got = await shares(client, 100)
+        assert got[1] > 15 and got[2] > 15
+
+
+async def test_removing_a_rolled_back_rollout_returns_the_route_to_the_version_policy(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """A rollback while a version newer than the canary is on disk pins stable (else `latest`
+    would route to the newer one at once). Forgetting the rollout (file entry removed: the only
+    way under --workers, where the admin API refuses changes) must lift that pin, as the README
+    says ("back to the version policy"), so a version published later is served as usual."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):
+        await until_states(client, {2: "AVAILABLE", 1: "AVAILABLE"})
+        publish(version_library, base, 3)
+        await until_states(client, {3: "AVAILABLE", 2: "AVAILABLE", 1: "AVAILABLE"})
+        got = await shares(client, 60)
+        assert set(got) == {1, 2}  # the split decides, not `latest`
+        entry["phase"] = "rolled_back"
+        rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+        await until_states(client, {3: "AVAILABLE", 2: "END", 1: "AVAILABLE"})
+        assert await shares(client, 20) == {1: 20}  # stable keeps the route
+        rollouts.write_text(json.dumps({"models": {}}))  # forget it: version policy again
+        await until_states(client, {3: "AVAILABLE", 2: "END", 1: "END"})
+        assert await shares(client, 20) == {3: 20}
+        publish(version_library, base, 4)
+        await until_states(client, {4: "AVAILABLE", 3: "END", 2: "END", 1: "END"})
+        assert await shares(client, 20) == {4: 20}
+        assert app.state.registry.overrides("m").pin is None
+
+
+async def test_a_rolled_back_file_entry_still_holds_after_a_restart(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """The rollout file is what survives a restart (or a restarted --workers process): an entry
+    that says the rollout was rolled back must keep the canary out and stable serving, not let
+    `latest` hand the bad version the whole default route because no rollout is active yet."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "phase": "rolled_back"}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):  # the server's (re)start
+        await until_states(client, {2: "END", 1: "AVAILABLE"})
+        assert await shares(client, 20) == {1: 20}
+        ro = app.state.rollouts.get("m")
+        assert ro is not None and ro.phase.value == "rolled_back"
+        (base / "2" / "touched").write_text("")  # later scans: still out
+        await anyio.sleep(2.5)
+        assert await states(client) == {2: "END", 1: "AVAILABLE"}
+
+
+async def test_a_rolled_back_file_entry_after_a_restart_does_not_hide_a_newer_version(
+    version_library: Path, tmp_path: Path
+) -> None:
+    """After the restart, a version published since the rollback (3) keeps serving: the old
+    entry withdraws its canary (2) and pins nothing."""
+    base = tmp_path / "m"
+    base.mkdir()
+    publish(version_library, base, 1, 2, 3)
+    rollouts = tmp_path / "rollouts.json"
+    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "phase": "rolled_back"}
+    rollouts.write_text(json.dumps({"models": {"m": {"rollout": entry}}}))
+    settings = _settings(
+        base, rollout_config_file=str(rollouts), rollout_config_poll_wait_seconds=0.2
+    )
+    async with running_app(settings) as (app, client):
+
+        async def applied() -> bool:
+            return app.state.rollouts.get("m") is not None
+
+        with anyio.fail_after(30):
+            while not await applied():
+                await anyio.sleep(0.05)
+        assert await states(client) == {3: "AVAILABLE"}  # 1 and 2 were never loaded
+        assert await shares(client, 20) == {3: 20}
+        assert app.state.registry.overrides("m").pin is None

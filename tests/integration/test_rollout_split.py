@@ -16,6 +16,7 @@ hashes: sd 1.26%, bound +-5.1%; and each key's arm is also checked exactly again
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,11 @@ import numpy as np
 import orjson
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from app.publish import publish
 from app.rollout.split import point
@@ -182,6 +187,75 @@ def test_named_versions_and_labels_are_never_rerouted(split_server: tuple[Client
         assert {c.grpc(key, label="old") for _ in range(10)} == {1}
     c.weight(0)
     assert {c.rest(path="/v1/models/hs/versions/2:predict") for _ in range(10)} == {2}
+
+
+def test_metadata_of_the_default_route_follows_the_routing_key(
+    split_server: tuple[Clients, Path],
+) -> None:
+    """A sticky client reads the signatures of the version its requests land on (a canary may
+    change them): REST /metadata and gRPC GetModelMetadata without a version follow the key
+    like :predict does, not a fresh random draw."""
+    c, _ = split_server
+    c.weight(50)
+    for key in KEYS[:40]:
+        served = c.rest(key)
+        for _ in range(3):
+            r = c.http.get("/v1/models/hs/metadata", headers={"X-Route-Key": key})
+            assert r.status_code == 200, r.text
+            assert int(r.json()["model_spec"]["version"]) == served, key
+            req = get_model_metadata_pb2.GetModelMetadataRequest()
+            req.model_spec.name = "hs"
+            req.metadata_field.append("signature_def")
+            resp: Any = c.stub.GetModelMetadata(req, timeout=30, metadata=(("x-route-key", key),))
+            assert resp.model_spec.version.value == served, key
+
+
+def test_no_default_route_request_fails_while_the_split_changes_under_load(
+    split_server: tuple[Clients, Path],
+) -> None:
+    """Concurrent REST and gRPC default-route traffic (with and without keys) over real sockets
+    while the weight moves 0 -> 100 and back, and the rollout pauses and resumes: every
+    request answers 200 / OK from one of the two arms."""
+    c, _ = split_server
+    stop = threading.Event()
+    failures: list[str] = []
+    seen: Counter[int] = Counter()
+
+    def drive(i: int) -> None:
+        own = Clients(c.server)
+        try:
+            n = 0
+            while not stop.is_set():
+                key = f"load-{i}-{n % 50}" if i % 2 else None
+                try:
+                    seen[own.rest(key) if n % 2 else own.grpc(key)] += 1
+                except Exception as exc:  # any failure is the finding
+                    failures.append(repr(exc)[:300])
+                n += 1
+        finally:
+            own.http.close()
+
+    def some_traffic() -> None:  # at least 20 more answers (or failures) at this setting
+        start = sum(seen.values()) + len(failures)
+        until(lambda: sum(seen.values()) + len(failures) >= start + 20)
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for percent in (0, 5, 25, 50, 100, 60, 0, 20):
+            c.weight(percent)
+            some_traffic()
+        c.admin("POST", "/models/hs/rollout/pause")
+        c.weight(80)
+        c.admin("POST", "/models/hs/rollout/resume")
+        some_traffic()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == []
+    assert set(seen) == {1, 2} and sum(seen.values()) > 50, seen
 
 
 def test_an_unavailable_canary_sends_everything_to_stable(
