@@ -61,6 +61,46 @@ def build_test_models(out: Path, timeout: float = 300.0) -> Path:
     return out
 
 
+_BUILD_VERSIONS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from make_demo_models import export_failing_half_plus, export_half_plus
+out = Path(sys.argv[2])
+for v in sys.argv[3].split(","):
+    export_half_plus(out / v, float(v))
+for v in filter(None, sys.argv[4].split(",")):
+    export_failing_half_plus(out / v, float(v))
+"""
+
+
+def build_bias_versions(
+    out: Path, versions: Sequence[int], failing: Sequence[int] = (), timeout: float = 300.0
+) -> Path:
+    """SavedModels `<out>/<v>` computing 0.5*x + v for each of `versions` (every answer names its
+    version), plus `<out>/<v>` for each of `failing`: a version that loads and fails every
+    request at run time. In a subprocess, as `build_test_models` (the TF1 graph-building state
+    stays out of this process). Raises RuntimeError with the builder's output when it fails."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _BUILD_VERSIONS,
+            str(REPO / "scripts"),
+            str(out),
+            ",".join(map(str, versions)),
+            ",".join(map(str, failing)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the versions failed ({done.returncode}):\n{done.stderr}")
+    return out
+
+
 def models_config(entries: dict[str, str], extra: dict[str, str] | None = None) -> str:
     """A models.config text proto; `extra` adds raw fields (policy, labels) per model."""
     parts = []

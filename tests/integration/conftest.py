@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import REPO
+from tests.harness import build_bias_versions
 
 N_VERSIONS = 24
-
-GENERATE = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from make_demo_models import export_half_plus
-out = Path(sys.argv[2])
-for v in range(1, int(sys.argv[3]) + 1):
-    export_half_plus(out / str(v), float(v))
-"""
 
 
 @pytest.fixture(scope="session")
 def bias_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SavedModels `<lib>/<v>` computing 0.5*x + v, so every answer names its version."""
-    lib = tmp_path_factory.mktemp("versions")
-    # A subprocess keeps the TF1 graph-building state out of this process (see build_test_models).
-    done = subprocess.run(
-        [sys.executable, "-c", GENERATE, str(REPO / "scripts"), str(lib), str(N_VERSIONS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"building the versions failed ({done.returncode}):\n{done.stderr}")
-    return lib
+    return build_bias_versions(tmp_path_factory.mktemp("versions"), range(1, N_VERSIONS + 1))
 
 
 def version_of(predictions: list[float], xs: list[float]) -> int:

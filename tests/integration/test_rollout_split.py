@@ -15,6 +15,7 @@ hashes: sd 1.26%, bound +-5.1%; and each key's arm is also checked exactly again
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -98,16 +99,16 @@ class Clients:
         return {int(s["version"]): s["state"] for s in r.json()["model_version_status"]}
 
 
-@pytest.fixture(scope="module")
-def split_server(
-    tmp_path_factory: pytest.TempPathFactory, bias_versions: Path
-) -> Iterator[tuple[Clients, Path]]:
-    tmp = tmp_path_factory.mktemp("rollout_split")
+@contextlib.contextmanager
+def rollout_server(tmp: Path, versions: Path, canary_percent: int) -> Iterator[Clients]:
+    """A server of `hs` (versions 1 and 2 on disk, `latest` policy) with a rollout file that splits
+    it stable 1 / canary 2 at `canary_percent` from startup; both versions AVAILABLE on entry.
+    The base path is `tmp / "hs"`, the file `tmp / "rollouts.json"` (polled every 0.2 s)."""
     base = tmp / "hs"
     for v in (1, 2):
-        publish(bias_versions / str(v), base, v)
+        publish(versions / str(v), base, v)
     rollouts = tmp / "rollouts.json"
-    entry = {"stable": 1, "canary": 2, "canary_percent": 20, "automatic": False}
+    entry = {"stable": 1, "canary": 2, "canary_percent": canary_percent, "automatic": False}
     rollouts.write_bytes(orjson.dumps({"models": {"hs": {"rollout": entry}}}))
     args = [
         "--model_name=hs",
@@ -119,10 +120,19 @@ def split_server(
     clients = Clients(server)
     try:
         until(lambda: clients.states() == {2: "AVAILABLE", 1: "AVAILABLE"})
-        yield clients, rollouts
+        yield clients
     finally:
         clients.http.close()
         stop(server)
+
+
+@pytest.fixture(scope="module")
+def split_server(
+    tmp_path_factory: pytest.TempPathFactory, bias_versions: Path
+) -> Iterator[tuple[Clients, Path]]:
+    tmp = tmp_path_factory.mktemp("rollout_split")
+    with rollout_server(tmp, bias_versions, 20) as clients:
+        yield clients, tmp / "rollouts.json"
 
 
 def until(check: Callable[[], bool], timeout: float = 60) -> None:
@@ -293,22 +303,7 @@ def test_rollback_under_latest_keeps_stable_and_the_next_scans_do_not_bring_the_
 ) -> None:
     """Its own server: a rollback ends the module's shared rollout. `latest` policy, 1 s scans;
     the file still names the rollout (unchanged entries are not applied again)."""
-    base = tmp_path / "hs"
-    for v in (1, 2):
-        publish(bias_versions / str(v), base, v)
-    rollouts = tmp_path / "rollouts.json"
-    entry = {"stable": 1, "canary": 2, "canary_percent": 50, "automatic": False}
-    rollouts.write_bytes(orjson.dumps({"models": {"hs": {"rollout": entry}}}))
-    args = [
-        "--model_name=hs",
-        f"--model_base_path={base}",
-        f"--rollout_config_file={rollouts}",
-        "--rollout_config_poll_wait_seconds=0.2",
-    ]
-    server = start(args, tmp_path / "server.log", env={**ENV, "HOTSERVE_ADMIN_TOKEN": TOKEN})
-    c = Clients(server)
-    try:
-        until(lambda: c.states() == {2: "AVAILABLE", 1: "AVAILABLE"})
+    with rollout_server(tmp_path, bias_versions, 50) as c:
         assert set(Counter(c.rest() for _ in range(100))) == {1, 2}
         c.admin("POST", "/models/hs/rollout/rollback", {"reason": "test"})
         assert {c.grpc() for _ in range(50)} == {1}  # at once
@@ -317,7 +312,7 @@ def test_rollback_under_latest_keeps_stable_and_the_next_scans_do_not_bring_the_
         assert c.admin("GET", "/models/hs/rollout")["rollout"]["phase"] == "rolled_back"
         # The next scans (the one that finds 3 among them) never load 2 again, and a newer
         # version is served as usual.
-        publish(bias_versions / "3", base, 3)
+        publish(bias_versions / "3", tmp_path / "hs", 3)
         seen_2: set[str] = set()
 
         def settled() -> bool:
@@ -328,6 +323,3 @@ def test_rollback_under_latest_keeps_stable_and_the_next_scans_do_not_bring_the_
         until(settled)
         assert seen_2 == {"END"}
         assert {c.rest() for _ in range(20)} == {3}
-    finally:
-        c.http.close()
-        stop(server)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,21 +15,11 @@ import httpx
 import pytest
 
 from app.publish import publish
-from tests.harness import REPO, ServerProcess, free_port, models_config
+from tests.harness import ServerProcess, build_bias_versions, free_port, models_config
 
 GOOD = (1, 2)  # 0.5*x + v
 FAR = 40  # 0.5*x + 40: answers "far off" from version 1
 FAILING = 66  # loads fine, fails every request
-BUILD = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from make_demo_models import export_failing_half_plus, export_half_plus
-out = Path(sys.argv[2])
-for v in (1, 2, 40):
-    export_half_plus(out / str(v), float(v))
-export_failing_half_plus(out / "66", 66.0)
-"""
 MODELS = ("plain", "shadowed", "fail_shadow", "fail_canary", "far_shadow", "far_canary", "healthy")
 TOKEN = "rollout-tests-token"
 ENV = {
@@ -45,17 +33,9 @@ ENV = {
 @pytest.fixture(scope="session")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Versions 1, 2 (good), 40 (far off) and 66 (fails at run time), as SavedModels."""
-    lib = tmp_path_factory.mktemp("rollout-versions")
-    done = subprocess.run(
-        [sys.executable, "-c", BUILD, str(REPO / "scripts"), str(lib)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    return build_bias_versions(
+        tmp_path_factory.mktemp("rollout-versions"), (*GOOD, FAR), failing=(FAILING,)
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"building the versions failed:\n{done.stderr}")
-    return lib
 
 
 @dataclass

@@ -7,7 +7,6 @@ is also how a hotserve server process is pointed at it (`S3.env`).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import REPO, free_port, spawn, stop_process
-from tests.integration.conftest import GENERATE
+from tests.harness import build_bias_versions, free_port, spawn, stop_process
 
 pytest.importorskip("moto", reason="moto[server] is in the dev extra")
 pytest.importorskip("s3fs", reason="s3fs is in the dev extra")
@@ -100,14 +98,4 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 @pytest.fixture(scope="session")
 def bias_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SavedModels `<lib>/<v>` (v = 1..3) computing 0.5*x + v: every answer names its version."""
-    lib = tmp_path_factory.mktemp("bias")
-    done = subprocess.run(
-        [sys.executable, "-c", GENERATE, str(REPO / "scripts"), str(lib), "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"building the versions failed:\n{done.stderr}")
-    return lib
+    return build_bias_versions(tmp_path_factory.mktemp("bias"), (1, 2, 3))
