@@ -40,7 +40,7 @@ from app.grpc import metadata as meta
 from app.grpc import tensors
 from app.grpc.errors import grpc_message, grpc_status
 from app.serving import checks
-from app.serving.service import Serving
+from app.serving.service import Api, Serving
 from app.serving.types import Classification, ModelRef, Task
 
 log = logging.getLogger(__name__)
@@ -244,42 +244,58 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
         return await self._answer(context, request.model_spec.name, "Predict", work)
 
     async def Classify(self, request: Any, context: Any) -> Any:
-        async def work() -> Any:
-            ref = self._ref(request, context)
-            examples = serialized_examples(request.input)
-            serving = self._serving
-            with serving.pin(ref) as mv:
-                sig = serving.signature(mv, request.model_spec.signature_name, "classify")
-                result = await serving.classify(mv, sig, examples, deadline_of(context), ref=ref)
-                version = mv.id.version
-            response = classification_pb2.ClassificationResponse()
-            set_spec(
-                response.model_spec, request.model_spec.name, request.model_spec.signature_name,
-                version,
-            )  # fmt: skip
-            fill_classification(response.result, result)
-            return response
-
-        return await self._answer(context, request.model_spec.name, "Classify", work)
+        return await self._on_examples(
+            request,
+            context,
+            method="Classify",
+            api="classify",
+            call=self._serving.classify,
+            response_type=classification_pb2.ClassificationResponse,
+            fill=fill_classification,
+        )
 
     async def Regress(self, request: Any, context: Any) -> Any:
+        return await self._on_examples(
+            request,
+            context,
+            method="Regress",
+            api="regress",
+            call=self._serving.regress,
+            response_type=regression_pb2.RegressionResponse,
+            fill=fill_regression,
+        )
+
+    async def _on_examples(
+        self,
+        request: Any,
+        context: Any,
+        *,
+        method: str,
+        api: Api,
+        call: Callable[..., Awaitable[T]],
+        response_type: Callable[[], Any],
+        fill: Callable[[Any, T], None],
+    ) -> Any:
+        """Classify or Regress: the request's tf.Examples through `call` (Serving.classify /
+        .regress) on the pinned version, the result into `response_type().result` by `fill`."""
+
         async def work() -> Any:
             ref = self._ref(request, context)
             examples = serialized_examples(request.input)
             serving = self._serving
             with serving.pin(ref) as mv:
-                sig = serving.signature(mv, request.model_spec.signature_name, "regress")
-                values = await serving.regress(mv, sig, examples, deadline_of(context), ref=ref)
+                sig = serving.signature(mv, request.model_spec.signature_name, api)
+                result = await call(mv, sig, examples, deadline_of(context), ref=ref)
                 version = mv.id.version
-            response = regression_pb2.RegressionResponse()
+            response = response_type()
             set_spec(
                 response.model_spec, request.model_spec.name, request.model_spec.signature_name,
                 version,
             )  # fmt: skip
-            fill_regression(response.result, values)
+            fill(response.result, result)
             return response
 
-        return await self._answer(context, request.model_spec.name, "Regress", work)
+        return await self._answer(context, request.model_spec.name, method, work)
 
     async def MultiInference(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
