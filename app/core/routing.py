@@ -21,7 +21,7 @@ Runs on the event-loop thread, no awaits.
 Which arm served a request (for per-arm outcomes, app.rollout.analysis): `choose` returns the
 `ModelVersion`; compare `mv.id.version` with the model's `Rollout.stable` / `Rollout.canary`
 (app.rollout.table). Only default-route requests count as an arm's: a request that named a version
-or label was not split (`VersionRequest.default_route`).
+or label was not split (`Serving.run` checks `ModelRef`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ class VersionRequest:
     version: int | None = None
     label: str | None = None
     key: str | None = None
-
-    @property
-    def default_route(self) -> bool:
-        """Neither a version nor a label: the request a rollout may split."""
-        return self.version is None and self.label is None
 
 
 def choose(models: Mapping[str, ModelRoute], request: VersionRequest) -> ModelVersion:
