@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +52,12 @@ from app.errors import HotserveError, InvalidArgument
 from app.rollout import divergence
 from app.rollout.analysis import CANARY, STABLE, Analysis
 from app.rollout.spec import Rollout
+from app.serving.service import RunFn
 
 log = logging.getLogger(__name__)
 
 Array = np.ndarray[Any, Any]
 Outputs = dict[str, Array]
-RunFn = Callable[[ModelVersion, Signature, Outputs, "float | None"], Awaitable[Outputs]]
 
 # A shadow with no client deadline still gives up after this long (seconds): a hung canary
 # must not hold its lease (and budget) forever.
@@ -101,8 +101,9 @@ class _Job:
     """One mirrored request: what to run on the canary and where the primary's answer lands."""
 
     tap: ModelTap
+    run: RunFn  # Serving's run: the runner call under the deadline, as for any request
     model: str
-    signature: str
+    sig: Signature  # the primary's; the canary's runner runs the signature of that name
     inputs: Outputs
     deadline: float | None
     primary: _Primary
@@ -192,7 +193,7 @@ class RolloutTap:
         arm = CANARY if version == rollout.canary else STABLE if version == rollout.stable else ""
         primary: _Primary | None = None
         if arm == STABLE and rollout.shadow > 0 and random.random() < rollout.shadow:
-            primary = self._start_shadow(tap, mv, sig, inputs, deadline)
+            primary = self._start_shadow(tap, mv, sig, inputs, deadline, run=run)
         started = time.monotonic()
         ok = False
         try:
@@ -227,6 +228,8 @@ class RolloutTap:
         sig: Signature,
         inputs: Outputs,
         deadline: float | None,
+        *,
+        run: RunFn,
     ) -> _Primary | None:
         tg = self._tg
         rows = _rows(inputs)
@@ -238,7 +241,7 @@ class RolloutTap:
         tap.in_flight += 1
         tap.rows_in_flight += rows
         tg.start_soon(
-            self._shadow, _Job(tap, mv.id.name, sig.name, inputs, deadline, primary, rows)
+            self._shadow, _Job(tap, run, mv.id.name, sig, inputs, deadline, primary, rows)
         )
         return primary
 
@@ -318,17 +321,12 @@ class RolloutTap:
         answer: Outputs | None = None
         started = time.monotonic()
         try:
-            if job.signature in lease.version.signatures:
-                runner = lease.version.runner
+            if job.sig.name in lease.version.signatures:
                 deadline = started + SHADOW_TIMEOUT_SECONDS
                 if job.deadline is not None:
                     deadline = min(deadline, job.deadline)
-                if runner.enforces_deadlines:  # one timer is enough (see Serving.run)
-                    answer = await runner.submit(job.signature, job.inputs, deadline)
-                else:
-                    with anyio.move_on_after(deadline - started):
-                        answer = await runner.submit(job.signature, job.inputs, deadline)
-        except Exception as exc:  # the canary's failure is the measurement
+                answer = await job.run(lease.version, job.sig, job.inputs, deadline)
+        except Exception as exc:  # the canary's failure (DeadlineExceeded too) is the measurement
             log.debug("shadow of %s on version %d failed: %s", model, canary, exc)
         finally:
             elapsed = time.monotonic() - started
