@@ -100,6 +100,24 @@ async def test_shadow_answers_are_never_returned_and_cost_the_primary_little(
     assert sorted(ratios)[1] <= 2.5, ratios
 
 
+async def load_until_rolled_back(
+    srv: RolloutServer, model: str, entry: dict[str, object], phase: str
+) -> tuple[Load, float]:
+    """Set `entry` as `model`'s rollout, wait for its `phase`, then run closed-loop load on the
+    default route until the rollout is rolled back and for 1 s after; returns the load and the
+    time.monotonic() at which the rollback was seen."""
+    load = Load(f"{srv.url}/v1/models/{model}:predict")
+    srv.set_rollout(model, entry)  # until it applies, the default route is the highest version
+    await wait_phase(srv, model, phase)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run_for, 600.0)
+        await wait_phase(srv, model, "rolled_back", timeout=60)
+        rolled_back = time.monotonic()
+        await anyio.sleep(1.0)  # load after the rollback: none of it may fail
+        load.stop = True
+    return load, rolled_back
+
+
 @pytest.mark.parametrize("mode", ["shadow", "canary"])
 async def test_a_failing_canary_is_rolled_back(rollout_server: RolloutServer, mode: str) -> None:
     """Version 66 fails every request. In shadow mode no default-route request fails at all; in
@@ -112,15 +130,7 @@ async def test_a_failing_canary_is_rolled_back(rollout_server: RolloutServer, mo
         entry |= {"phase": "shadow", "shadow_percent": 100}
     else:
         entry |= {"canary_percent": 10, "steps": [10, 50, 100]}
-    load = Load(f"{srv.url}/v1/models/{model}:predict")
-    srv.set_rollout(model, entry)  # before it applies, the default route is 66 (highest)
-    await wait_phase(srv, model, mode)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(load.run_for, 600.0)
-        await wait_phase(srv, model, "rolled_back", timeout=60)
-        rolled_back = time.monotonic()
-        await anyio.sleep(1.0)
-        load.stop = True
+    load, rolled_back = await load_until_rolled_back(srv, model, entry, mode)
     before = [s for s, _ in load.answers if s < rolled_back]
     failed_before = [f for f in load.failures if f[0] < rolled_back]
     assert not [f for f in load.failures if f[0] > rolled_back + 0.5], load.failures[-3:]
@@ -150,15 +160,7 @@ async def test_a_far_off_canary_is_rolled_back(rollout_server: RolloutServer, mo
         "thresholds": thresholds(max_abs_diff=0.5),
     }  # fmt: skip
     entry |= {"phase": "shadow"} if mode == "shadow" else {"canary_percent": 10, "steps": [10, 100]}
-    load = Load(f"{srv.url}/v1/models/{model}:predict")
-    srv.set_rollout(model, entry)  # before it applies, the default route is 66 (highest)
-    await wait_phase(srv, model, mode)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(load.run_for, 600.0)
-        await wait_phase(srv, model, "rolled_back", timeout=60)
-        rolled_back = time.monotonic()
-        await anyio.sleep(1.0)
-        load.stop = True
+    load, rolled_back = await load_until_rolled_back(srv, model, entry, mode)
     assert not load.failures, load.failures[:3]
     far = [s for s, v in load.answers if v == FAR]
     if mode == "shadow":
