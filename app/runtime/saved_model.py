@@ -1,9 +1,10 @@
 """The TensorFlow runtime: load a SavedModel version the way TF Serving does and run it.
 
-`SavedModelLoader.load` imports the MetaGraph into a fresh `tf.Graph` with the TF1 session
-loader (`tf.compat.v1.saved_model.loader.load`), which, unlike `tf.saved_model.load`, handles
-every model TF Serving serves (TF1 graphs with ref-typed variables, TF2 SavedModels, graphs
-without variables).
+`SavedModelLoader.load` imports the MetaGraph into a fresh `tf.Graph` with the steps of the TF1
+session loader (`tf.compat.v1.saved_model.loader.load`: import, restore, init ops), which,
+unlike `tf.saved_model.load`, handles every model TF Serving serves (TF1 graphs with ref-typed
+variables, TF2 SavedModels, graphs without variables). The restore runs in small paced units
+where the saver graph allows (app.runtime.restore), else as TF's one op.
 
 `SavedModelServable.run` feeds through callables made with `Session._make_callable_from_options`
 (TF's C API path, as TF Serving): declared static shapes are not enforced, so an input declared
@@ -28,14 +29,18 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.saved_model import loader_impl
 
 from app import errors
 from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
+from app.runtime import checkpoint
 from app.runtime import examples as examples_mod
+from app.runtime import restore as restore_mod
 from app.runtime import warmup as warmup_mod
 from app.runtime.memory import note_unload, tf_env
+from app.runtime.restore import RestoreInfo
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +138,15 @@ def _as_array(value: Any) -> np.ndarray:
 class SavedModelServable:
     """One loaded SavedModel version (implements app.core.servable.Servable)."""
 
-    def __init__(self, path: Path, session: Any, signature_defs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        session: Any,
+        signature_defs: Mapping[str, Any],
+        restored: RestoreInfo | None = None,
+    ) -> None:
         self._path = path
+        self.restored = restored
         self._session: Any = session
         self._signature_defs = dict(signature_defs)
         self._signatures = {k: to_signature(k, v) for k, v in sorted(signature_defs.items())}
@@ -287,6 +299,10 @@ def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None
         )
 
 
+def _no_pace() -> None:
+    """The default pace: never wait."""
+
+
 class SavedModelLoader:
     """Loads a version directory into a `SavedModelServable` (implements core's Loader)."""
 
@@ -306,8 +322,12 @@ class SavedModelLoader:
             os.environ.get("GLIBC_TUNABLES") or "(unset)",
         )
 
-    def load(self, path: Path) -> SavedModelServable:
-        """Load the SavedModel in `path`. Raises app.errors.LoadError with a TF code."""
+    def load(self, path: Path, pace: Callable[[], None] = _no_pace) -> SavedModelServable:
+        """Load the SavedModel in `path`. Raises app.errors.LoadError with a TF code.
+
+        `pace()` is called between small units of the load's work (after the graph import,
+        after every restore unit of at most restore.CHUNK_BYTES, after the init ops), in this
+        thread: a pacer may sleep there to leave the core to serving."""
         _check_layout(path)
         start = time.monotonic()
         config = config_pb2.ConfigProto(
@@ -317,19 +337,21 @@ class SavedModelLoader:
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:
-            meta_graph = _load_meta_graph(session, self._tags, path)
+            meta_graph, restored = _load_meta_graph(session, self._tags, path, pace)
             # Nothing may add ops after loading: keeps the graph safe to share across threads.
             graph.finalize()
         except BaseException:
             session.close()
             raise
-        servable = SavedModelServable(path, session, meta_graph.signature_def)
+        servable = SavedModelServable(path, session, meta_graph.signature_def, restored)
         servable.prepare()
         logger.info(
-            "Loaded SavedModel %s (%d signatures) in %.3f s",
+            "Loaded SavedModel %s (%d signatures) in %.3f s; variables restored: %s (%d units)",
             path,
             len(servable.signatures),
             time.monotonic() - start,
+            restored.how,
+            restored.units,
         )
         return servable
 
@@ -380,12 +402,34 @@ class InlineRuns:
         return getattr(self._session, name)
 
 
-def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
+def _load_meta_graph(
+    session: Any, tags: list[str], path: Path, pace: Callable[[], None]
+) -> tuple[Any, RestoreInfo]:
+    """TF's `loader.load` in its steps (import the graph, restore, run the init ops), with the
+    restore in paced units (app.runtime.restore) and `pace()` between the steps."""
+
     def fail(detail: str, code: errors.Code) -> errors.LoadError:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
 
+    runs = InlineRuns(session)
     try:
-        return tf.compat.v1.saved_model.loader.load(InlineRuns(session), tags, str(path))
+        loader = loader_impl.SavedModelLoader(str(path))
+        with session.graph.as_default():
+            saver, _ = loader.load_graph(session.graph, tags)
+            pace()
+            info = restore_mod.restore(
+                session,
+                saver,
+                path / "variables" / "variables",  # the loader's checkpoint prefix
+                run=runs.run,
+                pace=pace,
+                fallback=lambda: loader.restore_variables(runs, saver),
+            )
+            loader.run_init_ops(runs, tags)
+            pace()
+        return loader.get_meta_graph_def_from_tags(tags), info
+    except checkpoint.DataLoss as exc:
+        raise fail(str(exc), errors.Code.DATA_LOSS) from exc
     except tf.errors.OpError as exc:
         raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:

@@ -1,0 +1,362 @@
+"""Restore a SavedModel's variables in small units, calling `pace()` between them.
+
+TF's restore (`Saver.restore`: one RestoreV2 op, then one assign per variable) reads every
+variable whole in one uninterruptible op: hundreds of ms of CPU for a 1 GiB variable, which the
+kernel lets the (niced) loading thread hold in ~5 ms stretches while serving waits for the
+core. Here the same bytes go into the same variables in units of at most `CHUNK_BYTES`: each
+unit reads a piece of the checkpoint (app.runtime.checkpoint), extends the tensor's CRC32C and
+writes the piece into the variable with a strided-slice assign, and `pace()` runs between
+units, so whoever paces the load can give the core back to serving.
+
+The saver graph must have the standard pattern TF1 savers build (restore op -> NoOps -> one
+`Assign` per ref variable fed by a RestoreV2 output, or `AssignVariableOp` fed through an
+`Identity` per resource variable), every entry stored whole, numeric, and matching the
+variable's dtype and static shape. Anything else (V1 checkpoints, partitioned or sliced
+variables, string variables, a TF2 SavedModel whose restore is a function call, a missing or
+mismatching entry) restores exactly as TF does, in one go, and says why at debug: its errors
+are then TF's own.
+
+A variable larger than one unit is first given an uninitialized buffer (`Empty(init=False)`
+assigned: TF forwards that buffer, nothing is touched) and then filled along dim 0, rows
+[a, b) per unit; a single row larger than `CHUNK_BYTES` is one unit. Variables smaller than a
+unit are grouped up to `CHUNK_BYTES` per unit. Checksums are verified per tensor (a tensor in
+pieces: after its last piece); a mismatch, a short or missing data file raise
+checkpoint.DataLoss. All session runs use `run` (the caller's InlineRuns: in this thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saver_pb2
+from tensorflow.python.framework import tensor_util
+
+from app.runtime import checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Bytes per unit. Measured on this 2-core machine (idle core, 64 MiB float32 variable fed
+# through a placeholder): a 256 KiB unit (read + crc + assign) took ~0.15-0.25 ms wall, a 1 MiB
+# one ~0.8 ms; below 64 KiB the fixed cost of a session run (~60 us) dominates.
+CHUNK_BYTES = 256 * 1024
+
+_NUMERIC = frozenset(
+    tf.as_dtype(t).as_datatype_enum
+    for t in (
+        tf.float16,
+        tf.bfloat16,
+        tf.float32,
+        tf.float64,
+        tf.int8,
+        tf.int16,
+        tf.int32,
+        tf.int64,
+        tf.uint8,
+        tf.uint16,
+        tf.uint32,
+        tf.uint64,
+        tf.bool,
+        tf.complex64,
+        tf.complex128,
+    )
+)
+
+
+@dataclass(slots=True)
+class RestoreInfo:
+    """How a load restored its variables: `how` is "chunked", "tf" (TF's one-op restore;
+    `reason` says why) or "none" (no variables). Times in seconds (wall, this thread)."""
+
+    how: str
+    reason: str = ""
+    tensors: int = 0
+    bytes: int = 0
+    units: int = 0
+    longest_unit: float = 0.0
+    unit_times: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass(slots=True)
+class _Target:
+    """One variable to restore: its checkpoint entry and where it goes."""
+
+    key: str
+    entry: Any  # BundleEntryProto
+    dtype: tf.DType
+    shape: tuple[int, ...]
+    var: tf.Tensor  # the ref tensor (ref variable) or the resource handle
+    resource: bool
+    validate_shape: bool
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        dtype: np.dtype[Any] = np.dtype(self.dtype.as_numpy_dtype).newbyteorder("<")
+        return dtype
+
+
+class Unsupported(Exception):
+    """The saver graph is not the standard pattern; the message says why."""
+
+
+def _leaves(restore_op: tf.Operation) -> list[tf.Operation]:
+    """The assign ops the restore op runs, through NoOps' control inputs."""
+    stack, leaves, seen = [restore_op], [], set()
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type == "NoOp" and not op.inputs:
+            stack.extend(op.control_inputs)
+        elif op.type in ("Assign", "AssignVariableOp"):
+            leaves.append(op)
+        else:
+            raise Unsupported(f"the restore runs {op.type} op {op.name}")
+    return leaves
+
+
+def _source(leaf: tf.Operation) -> tuple[tf.Operation, int]:
+    """The RestoreV2 op and output index whose value `leaf` assigns."""
+    value = leaf.inputs[1]
+    if leaf.type == "AssignVariableOp":
+        if value.op.type != "Identity":
+            raise Unsupported(f"{leaf.name} assigns a {value.op.type}")
+        value = value.op.inputs[0]
+    if value.op.type != "RestoreV2":
+        raise Unsupported(f"{leaf.name} assigns the output of a {value.op.type}")
+    return value.op, value.value_index
+
+
+def _const_strings(tensor: tf.Tensor) -> list[str]:
+    if tensor.op.type != "Const":
+        raise Unsupported(f"{tensor.name} is not a constant")
+    return [bytes(v).decode("utf-8") for v in tensor_util.MakeNdarray(tensor.op.get_attr("value"))]
+
+
+def _target(leaf: tf.Operation, restore: tf.Operation, index: int, bundle: Any) -> _Target:
+    key = _const_strings(restore.inputs[1])[index]
+    if _const_strings(restore.inputs[2])[index]:
+        raise Unsupported(f"{key} is restored as a slice")
+    dtype = tf.as_dtype(restore.get_attr("dtypes")[index])
+    if dtype.as_datatype_enum not in _NUMERIC:
+        raise Unsupported(f"{key} has dtype {dtype.name}")
+    resource = leaf.type == "AssignVariableOp"
+    var = leaf.inputs[0]
+    if resource:
+        if var.op.type != "VarHandleOp":
+            raise Unsupported(f"{leaf.name} assigns to a {var.op.type}")
+        graph_shape = tf.TensorShape(var.op.get_attr("shape"))
+    else:
+        graph_shape = var.shape
+    entry = bundle.entries.get(key)
+    if entry is None:
+        raise Unsupported(f"{key} is not in the checkpoint")
+    if entry.slices:
+        raise Unsupported(f"{key} is stored in slices")
+    shape = tuple(int(d.size) for d in entry.shape.dim)
+    if entry.dtype != dtype.as_datatype_enum or graph_shape.as_list() != list(shape):
+        raise Unsupported(f"{key}: checkpoint dtype/shape differ from the graph's")
+    if entry.size != int(np.prod(shape, dtype=np.int64)) * dtype.size:
+        raise Unsupported(f"{key}: entry size {entry.size} is not its shape's")
+    validate = bool(leaf.get_attr("validate_shape")) if not resource else False
+    return _Target(key, entry, dtype, shape, var, resource, validate)
+
+
+def plan(graph: tf.Graph, saver: Any, bundle: Any) -> list[_Target]:
+    """The variables a standard saver graph restores. Raises Unsupported."""
+    saver_def = saver.saver_def
+    if saver_def.version != saver_pb2.SaverDef.V2:
+        raise Unsupported("V1 checkpoint")
+    if sys.byteorder != "little":
+        raise Unsupported("big-endian host")
+    restore_op = graph.get_operation_by_name(saver_def.restore_op_name)
+    targets: list[_Target] = []
+    used: set[tuple[str, int]] = set()
+    restores: dict[str, tf.Operation] = {}
+    for leaf in _leaves(restore_op):
+        restore, index = _source(leaf)
+        if restore.inputs[0].name != saver_def.filename_tensor_name:
+            raise Unsupported(f"{restore.name} reads another file")
+        if (restore.name, index) in used:
+            raise Unsupported(f"{restore.name}:{index} is assigned twice")
+        used.add((restore.name, index))
+        restores[restore.name] = restore
+        targets.append(_target(leaf, restore, index, bundle))
+    for restore in restores.values():
+        for out in restore.outputs:
+            if (restore.name, out.value_index) not in used:
+                raise Unsupported(f"{out.name} is restored but not assigned")
+    return targets
+
+
+@dataclass(slots=True)
+class _Ops:
+    """The ops that write one target: `whole` takes the full value, or (larger targets)
+    `alloc` gives the variable an uninitialized buffer and `put` writes rows [begin, end)."""
+
+    value: tf.Tensor  # placeholder fed the value (whole) or a row range (put)
+    whole: tf.Operation | None = None
+    alloc: tf.Operation | None = None
+    put: tf.Operation | None = None
+
+
+def _build(target: _Target, begin: tf.Tensor, end: tf.Tensor) -> _Ops:
+    """Ops writing `target`; call with the graph as default, before it is finalized."""
+    raw = tf.raw_ops
+    shape = list(target.shape)
+    if not shape or target.entry.size <= CHUNK_BYTES:
+        value = tf.compat.v1.placeholder(target.dtype, shape)
+        if target.resource:
+            return _Ops(value, whole=raw.AssignVariableOp(resource=target.var, value=value))
+        whole = raw.Assign(ref=target.var, value=value, validate_shape=target.validate_shape)
+        return _Ops(value, whole=whole.op)
+    value = tf.compat.v1.placeholder(target.dtype, [None, *shape[1:]])
+    empty = raw.Empty(shape=shape, dtype=target.dtype, init=False)
+    strides = tf.constant([1], tf.int64)
+    if target.resource:
+        alloc = raw.AssignVariableOp(resource=target.var, value=empty)
+        put = raw.ResourceStridedSliceAssign(
+            ref=target.var, begin=begin, end=end, strides=strides, value=value
+        )
+        return _Ops(value, alloc=alloc, put=put)
+    alloc = raw.Assign(ref=target.var, value=empty, validate_shape=target.validate_shape).op
+    put = raw.StridedSliceAssign(ref=target.var, begin=begin, end=end, strides=strides, value=value)
+    return _Ops(value, alloc=alloc, put=put.op)
+
+
+Run = Callable[..., Any]
+
+
+class _Writer:
+    """Writes the targets unit by unit: times each unit (wall, this thread, without the pace)
+    into `info` and calls `pace()` after each. One thread."""
+
+    def __init__(
+        self,
+        files: checkpoint.DataFiles,
+        feeds: tuple[tf.Tensor, tf.Tensor],
+        run: Run,
+        pace: Callable[[], None],
+        info: RestoreInfo,
+    ) -> None:
+        self._files = files
+        self._begin, self._end = feeds
+        self._run = run
+        self._pace = pace
+        self._info = info
+        self._buffer = bytearray(CHUNK_BYTES)  # reused for the pieces of large targets
+        self._started = time.perf_counter()
+
+    def _unit(self, fetches: Any, feed: dict[Any, Any]) -> None:
+        self._run(fetches, feed)
+        took = time.perf_counter() - self._started
+        self._info.units += 1
+        self._info.unit_times.append(took)
+        self._info.longest_unit = max(self._info.longest_unit, took)
+        self._pace()
+        self._started = time.perf_counter()
+
+    def write(self, targets: Sequence[tuple[_Target, _Ops]]) -> None:
+        """Every target: large ones in pieces, small ones grouped up to CHUNK_BYTES a unit."""
+        group: list[tuple[_Target, _Ops]] = []
+        group_bytes = 0
+        self._started = time.perf_counter()
+        for target, ops in targets:
+            if ops.whole is None:
+                self._in_pieces(target, ops)
+                continue
+            if group and group_bytes + target.entry.size > CHUNK_BYTES:
+                self._group(group)
+                group, group_bytes = [], 0
+            group.append((target, ops))
+            group_bytes += target.entry.size
+        if group:
+            self._group(group)
+
+    def _group(self, group: Sequence[tuple[_Target, _Ops]]) -> None:
+        feed = {ops.value: self._whole(target) for target, ops in group}
+        self._unit([ops.whole for _, ops in group], feed)
+
+    def _whole(self, target: _Target) -> np.ndarray:
+        """The target's value read whole, checksum verified (a fresh array: the assign may
+        keep its buffer)."""
+        array = np.empty(target.shape, target.numpy_dtype)
+        raw = array.reshape(-1).view(np.uint8)
+        self._files.read(target.key, target.entry, 0, memoryview(raw.data))
+        # google_crc32c takes numpy arrays but not writable memoryviews.
+        self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
+        return array
+
+    def _in_pieces(self, target: _Target, ops: _Ops) -> None:
+        """Allocate, then write rows [a, b) per unit; the checksum is checked after the last
+        (a failed load is discarded whole)."""
+        self._unit(ops.alloc, {})
+        rows = target.shape[0]
+        row_bytes = target.entry.size // rows
+        step = max(1, CHUNK_BYTES // row_bytes)
+        crc = 0
+        for first in range(0, rows, step):
+            last = min(rows, first + step)
+            size = (last - first) * row_bytes
+            if len(self._buffer) < size:  # a row larger than CHUNK_BYTES: one unit per row
+                self._buffer = bytearray(size)
+            view = memoryview(self._buffer)[:size]
+            self._files.read(target.key, target.entry, first * row_bytes, view)
+            crc = google_crc32c.extend(crc, np.frombuffer(view, np.uint8))
+            piece = np.frombuffer(view, target.numpy_dtype)
+            feed = {
+                ops.value: piece.reshape((last - first, *target.shape[1:])),
+                self._begin: [first],
+                self._end: [last],
+            }
+            self._unit(ops.put, feed)
+        self._files.check_crc(target.key, target.entry, crc)
+
+
+def restore(
+    session: Any,
+    saver: Any,
+    prefix: Path,
+    *,
+    run: Run,
+    pace: Callable[[], None],
+    fallback: Callable[[], None],
+) -> RestoreInfo:
+    """Restore the variables `saver` restores from checkpoint `prefix` (".../variables/
+    variables") into `session`'s graph, in units (see the module docstring), or with
+    `fallback()` (TF's restore) when the graph or checkpoint is not one handled here.
+
+    `run(fetches, feed_dict)` runs in the session (in this thread); `pace()` is called after
+    every unit. Adds ops to the graph: call before it is finalized. Raises checkpoint.DataLoss
+    for damaged data, tf.errors.OpError from a run.
+    """
+    if saver is None:
+        fallback()
+        return RestoreInfo("none")
+    graph = session.graph
+    try:
+        bundle = checkpoint.read_index(prefix)
+        targets = plan(graph, saver, bundle)
+    except (Unsupported, checkpoint.Unsupported) as exc:
+        logger.debug("Restoring %s with TensorFlow's restore op: %s", prefix, exc)
+        fallback()
+        return RestoreInfo("tf", reason=str(exc))
+    info = RestoreInfo("chunked", tensors=len(targets))
+    info.bytes = sum(t.entry.size for t in targets)
+    with graph.as_default(), tf.name_scope("hotserve_restore"):
+        begin = tf.compat.v1.placeholder(tf.int64, [1], name="begin")
+        end = tf.compat.v1.placeholder(tf.int64, [1], name="end")
+        built = [(target, _build(target, begin, end)) for target in targets]
+    pace()
+    with checkpoint.DataFiles(bundle) as files:
+        _Writer(files, (begin, end), run, pace, info).write(built)
+    return info
