@@ -143,7 +143,9 @@ def read_index(prefix: Path) -> Bundle:
             if key == b"":
                 header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
             else:
-                entries[key.decode("utf-8")] = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+                # Slices of partitioned variables have binary keys (TF's OrderedCode).
+                name = key.decode("utf-8", "surrogateescape")
+                entries[name] = tensor_bundle_pb2.BundleEntryProto.FromString(value)
     if header is None:
         raise Unsupported("checkpoint index has no bundle header")
     if header.endianness != tensor_bundle_pb2.BundleHeaderProto.LITTLE:

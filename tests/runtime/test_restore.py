@@ -1,0 +1,255 @@
+"""The paced, chunked restore (app.runtime.restore, app.runtime.checkpoint) on real SavedModels.
+
+Every variable restored in units must be bit-identical to TF's own restore
+(`SavedModelLoader.restore_variables`, what `tf.compat.v1.saved_model.loader.load` runs);
+graphs the chunked path does not handle must fall back and still be right; damaged data must
+fail with DATA_LOSS naming the tensor and the file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
+
+from app import errors
+from app.runtime import checkpoint, restore
+from app.runtime.saved_model import InlineRuns, SavedModelLoader
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE.parents[1] / "scripts"
+TEST_MODELS = [
+    "saved_model_half_plus_two_cpu/00000123",
+    "saved_model_half_plus_two_2_versions/00000124",
+    "saved_model_half_plus_three/00000123",
+    "saved_model_counter/00000123",
+    "hot_swap/1",
+]
+NO_VARIABLES = ["matrix_half_plus_two/1", "conformance_multi_io/1"]
+TF2_MODEL = "saved_model_half_plus_two_tf2_cpu/00000123"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/runtime/restore_models.py's models and the demo MLP, built in child processes."""
+    out = tmp_path_factory.mktemp("restore_models")
+    subprocess.run(
+        [sys.executable, str(HERE / "restore_models.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "import make_demo_models as m; m.export_mlp(Path(sys.argv[2]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(SCRIPTS), str(out / "mlp" / "1")],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def _values(session: Any) -> dict[str, bytes]:
+    """Every variable's bytes, by variable op name (ref and resource variables)."""
+    graph = session.graph
+    fetches: dict[str, Any] = {}
+    with graph.as_default():
+        for op in graph.get_operations():
+            if op.type in ("VariableV2", "Variable"):
+                fetches[op.name] = op.outputs[0]
+            elif op.type == "VarHandleOp":
+                dtype = op.get_attr("dtype")
+                fetches[op.name] = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=dtype)
+    values = {name: np.asarray(v) for name, v in session.run(fetches).items()}
+    return {
+        name: (repr(v.tolist()).encode() if v.dtype == object else v.tobytes())
+        + str((v.dtype, v.shape)).encode()
+        for name, v in values.items()
+    }
+
+
+def _restore_chunked(path: Path, paces: list[int]) -> tuple[restore.RestoreInfo, dict[str, bytes]]:
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session, graph.as_default():
+        loader = loader_impl.SavedModelLoader(str(path))
+        saver, _ = loader.load_graph(graph, ["serve"])
+        runs = InlineRuns(session)
+        info = restore.restore(
+            session,
+            saver,
+            path / "variables" / "variables",
+            run=runs.run,
+            pace=lambda: paces.append(1),
+            fallback=lambda: loader.restore_variables(runs, saver),
+        )
+        return info, _values(session)
+
+
+def _restore_tf(path: Path) -> dict[str, bytes]:
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session, graph.as_default():
+        loader = loader_impl.SavedModelLoader(str(path))
+        saver, _ = loader.load_graph(graph, ["serve"])
+        loader.restore_variables(session, saver)
+        return _values(session)
+
+
+def _same_as_tf(path: Path) -> tuple[restore.RestoreInfo, int]:
+    paces: list[int] = []
+    info, values = _restore_chunked(path, paces)
+    expected = _restore_tf(path)
+    assert values.keys() == expected.keys()
+    for name, value in expected.items():
+        assert values[name] == value, name
+    return info, len(paces)
+
+
+@pytest.mark.parametrize("rel", TEST_MODELS)
+def test_test_models_restore_in_units_like_tf(testdata: Path, rel: str) -> None:
+    info, paces = _same_as_tf(testdata / rel)
+    assert info.how == "chunked"
+    assert info.tensors >= 1
+    assert paces == info.units + 1  # after building the ops, then after every unit
+
+
+@pytest.mark.parametrize("rel", NO_VARIABLES)
+def test_models_without_variables(testdata: Path, rel: str) -> None:
+    info, paces = _same_as_tf(testdata / rel)
+    assert (info.how, info.units, paces) == ("none", 0, 0)
+
+
+def test_tf2_model_falls_back_to_tf_and_is_right(testdata: Path) -> None:
+    info, _ = _same_as_tf(testdata / TF2_MODEL)
+    assert info.how == "tf"
+    assert "StatefulPartitionedCall" in info.reason
+
+
+def test_multi_chunk_ref_and_resource_variables(models: Path) -> None:
+    info, paces = _same_as_tf(models / "multi" / "1")
+    assert info.how == "chunked"
+    assert info.tensors == 8
+    chunk = restore.CHUNK_BYTES
+    # big2d: 3 MiB in 12 pieces; long1d: 2.4 MB in 10; wide_rows: one row per unit (a row is
+    # larger than a piece); each of the three has an allocation unit; the small ones: one.
+    pieces = -(-3072 * 256 * 4 // chunk) + -(-300_000 * 8 // chunk) + 2
+    assert info.units == pieces + 3 + 1
+    assert paces == info.units + 1
+    assert paces > pieces
+
+
+def test_demo_mlp_loads_in_units_and_answers_like_tf(models: Path) -> None:
+    path = models / "mlp" / "1"
+    info, _ = _same_as_tf(path)
+    assert info.how == "chunked"
+    servable = SavedModelLoader().load(path)
+    try:
+        assert servable.restored is not None
+        assert servable.restored.how == "chunked"
+        sigdef = servable.signatures["serving_default"]
+        ((alias, spec),) = sigdef.inputs.items()
+        batch = np.random.default_rng(0).standard_normal((4, *spec.shape[1:])).astype(np.float32)
+        got = servable.run("serving_default", {alias: batch})
+        graph = tf.Graph()
+        with tf.compat.v1.Session(graph=graph) as session:
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+            sig = meta.signature_def["serving_default"]
+            names = sorted(sig.outputs)
+            want = session.run(
+                [sig.outputs[n].name for n in names], {sig.inputs[alias].name: batch}
+            )
+        for name, value in zip(names, want, strict=True):
+            assert got[name].tobytes() == value.tobytes()
+    finally:
+        servable.unload()
+
+
+def test_load_paces_between_steps(models: Path) -> None:
+    paces: list[int] = []
+    servable = SavedModelLoader().load(models / "multi" / "1", pace=lambda: paces.append(1))
+    try:
+        assert servable.restored is not None
+        # graph import, ops built, every unit, init ops
+        assert len(paces) == servable.restored.units + 3
+        got = servable.run("serving_default", {"x": np.zeros(1, np.float32)})
+        assert np.isfinite(got["y"]).all()
+    finally:
+        servable.unload()
+
+
+@pytest.mark.parametrize(("name", "reason"), [("partitioned", "slice"), ("strings", "string")])
+def test_unhandled_graphs_fall_back_and_are_right(models: Path, name: str, reason: str) -> None:
+    info, _ = _same_as_tf(models / name / "1")
+    assert info.how == "tf"
+    assert reason in info.reason
+
+
+def test_sharded_checkpoint_two_data_files(models: Path) -> None:
+    path = models / "sharded" / "1"
+    assert len(list((path / "variables").glob("variables.data-*-of-00002"))) == 2
+    info, _ = _same_as_tf(path)
+    assert info.how == "chunked"
+    assert info.tensors == 2
+
+
+def _copy(models: Path, tmp_path: Path) -> tuple[Path, Path, checkpoint.Bundle]:
+    path = tmp_path / "1"
+    shutil.copytree(models / "multi" / "1", path)
+    bundle = checkpoint.read_index(path / "variables" / "variables")
+    return path, bundle.data_file(0), bundle
+
+
+@pytest.mark.parametrize(("key", "where"), [("big2d", 0.7), ("halves", 0.5)])
+def test_a_corrupted_byte_is_data_loss(
+    models: Path, tmp_path: Path, key: str, where: float
+) -> None:
+    path, data, bundle = _copy(models, tmp_path)
+    entry = bundle.entries[key]
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + int(entry.size * where)] ^= 0x40
+    data.write_bytes(bytes(raw))
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert info.value.code == "DATA_LOSS"
+    assert "Checksum does not match" in info.value.message
+    assert key in info.value.message
+    assert str(data) in info.value.message
+
+
+def test_a_truncated_data_file_is_data_loss(models: Path, tmp_path: Path) -> None:
+    path, data, bundle = _copy(models, tmp_path)
+    entry = bundle.entries["big2d"]
+    data.write_bytes(data.read_bytes()[: entry.offset + entry.size // 2])
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert info.value.code == "DATA_LOSS"
+    assert "the file is truncated" in info.value.message
+    assert any(f"tensor {key} " in info.value.message for key in bundle.entries)
+    assert str(data) in info.value.message
+
+
+def test_a_missing_shard_is_data_loss(models: Path, tmp_path: Path) -> None:
+    path = tmp_path / "1"
+    shutil.copytree(models / "sharded" / "1", path)
+    missing = path / "variables" / "variables.data-00001-of-00002"
+    missing.unlink()
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert info.value.code == "DATA_LOSS"
+    assert str(missing) in info.value.message
+
+
+def test_mask_crc_is_tfs() -> None:
+    # TF's crc32c_test.cc: Mask is not the identity and Unmask(Mask(x)) == x.
+    crc = 0x12345678
+    masked = checkpoint.mask_crc(crc)
+    assert masked != crc
+    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
+    assert ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF == crc
