@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 # through a placeholder): a 256 KiB unit (read + crc + assign) took ~0.15-0.25 ms wall, a 1 MiB
 # one ~0.8 ms; below 64 KiB the fixed cost of a session run (~60 us) dominates.
 CHUNK_BYTES = 256 * 1024
+# Variables per bank (see _Writer): each unit feeds and runs a put op for every variable of
+# its bank, most of them writing 0 rows.
+BANK = 16
 
 _NUMERIC = frozenset(
     tf.as_dtype(t).as_datatype_enum
@@ -200,60 +203,95 @@ def plan(graph: tf.Graph, saver: Any, bundle: Any) -> list[_Target]:
 
 @dataclass(slots=True)
 class _Ops:
-    """The ops that write one target: `whole` takes the full value, or (larger targets)
-    `alloc` gives the variable an uninitialized buffer and `put` writes rows [begin, end)."""
+    """The ops that write one target of rank >= 1: `alloc` gives the variable an uninitialized
+    buffer, `put` writes rows [begin, end) fed through `value`."""
 
-    value: tf.Tensor  # placeholder fed the value (whole) or a row range (put)
-    whole: tf.Operation | None = None
-    alloc: tf.Operation | None = None
-    put: tf.Operation | None = None
+    target: _Target
+    value: tf.Tensor
+    begin: tf.Tensor
+    end: tf.Tensor
+    alloc: tf.Operation
+    put: tf.Operation
+    nothing: np.ndarray  # a 0-row value: this target's feed in a unit that does not write it
 
 
-def _build(target: _Target, begin: tf.Tensor, end: tf.Tensor) -> _Ops:
+def _build(target: _Target) -> _Ops:
     """Ops writing `target`; call with the graph as default, before it is finalized."""
     raw = tf.raw_ops
     shape = list(target.shape)
-    if not shape or target.entry.size <= CHUNK_BYTES:
-        value = tf.compat.v1.placeholder(target.dtype, shape)
-        if target.resource:
-            return _Ops(value, whole=raw.AssignVariableOp(resource=target.var, value=value))
-        whole = raw.Assign(ref=target.var, value=value, validate_shape=target.validate_shape)
-        return _Ops(value, whole=whole.op)
     value = tf.compat.v1.placeholder(target.dtype, [None, *shape[1:]])
+    begin = tf.compat.v1.placeholder(tf.int64, [1])
+    end = tf.compat.v1.placeholder(tf.int64, [1])
     empty = raw.Empty(shape=shape, dtype=target.dtype, init=False)
     strides = tf.constant([1], tf.int64)
+    nothing = np.empty((0, *shape[1:]), target.numpy_dtype)
     if target.resource:
         alloc = raw.AssignVariableOp(resource=target.var, value=empty)
         put = raw.ResourceStridedSliceAssign(
             ref=target.var, begin=begin, end=end, strides=strides, value=value
         )
-        return _Ops(value, alloc=alloc, put=put)
+        return _Ops(target, value, begin, end, alloc, put, nothing)
     alloc = raw.Assign(ref=target.var, value=empty, validate_shape=target.validate_shape).op
     put = raw.StridedSliceAssign(ref=target.var, begin=begin, end=end, strides=strides, value=value)
-    return _Ops(value, alloc=alloc, put=put.op)
+    return _Ops(target, value, begin, end, alloc, put.op, nothing)
+
+
+def _build_scalar(target: _Target) -> tuple[tf.Tensor, tf.Operation]:
+    """(placeholder, assign) writing a rank-0 target whole."""
+    value = tf.compat.v1.placeholder(target.dtype, [])
+    if target.resource:
+        return value, tf.raw_ops.AssignVariableOp(resource=target.var, value=value)
+    assign = tf.raw_ops.Assign(ref=target.var, value=value, validate_shape=target.validate_shape)
+    return value, assign.op
 
 
 Run = Callable[..., Any]
+_NO_ROWS = np.zeros(1, np.int64)
+
+
+@dataclass(slots=True)
+class _Piece:
+    """Rows [first, last) of one target, `start` bytes into its entry."""
+
+    ops: _Ops
+    first: int
+    last: int
+    start: int
+    size: int
+
+
+def _pieces(ops: _Ops) -> list[_Piece]:
+    """A target's rows in pieces of at most CHUNK_BYTES (a larger row is a piece alone)."""
+    rows = ops.target.shape[0]
+    if not rows or not ops.target.entry.size:
+        return []
+    row_bytes = ops.target.entry.size // rows
+    step = max(1, CHUNK_BYTES // row_bytes)
+    return [
+        _Piece(ops, first, last, first * row_bytes, (last - first) * row_bytes)
+        for first in range(0, rows, step)
+        for last in (min(rows, first + step),)
+    ]
 
 
 class _Writer:
     """Writes the targets unit by unit: times each unit (wall, this thread, without the pace)
-    into `info` and calls `pace()` after each. One thread."""
+    into `info` and calls `pace()` after each. One thread.
+
+    Every distinct set of fetched ops costs the session a new executor on its first run (with
+    TF's graph optimizer: 2-3 ms for a small graph, measured, in one piece). So variables go in
+    banks of at most BANK: one run allocates a whole bank, and every unit of the bank fetches
+    all its `put` ops, feeding 0 rows to those it does not write."""
 
     def __init__(
-        self,
-        files: checkpoint.DataFiles,
-        feeds: tuple[tf.Tensor, tf.Tensor],
-        run: Run,
-        pace: Callable[[], None],
-        info: RestoreInfo,
+        self, files: checkpoint.DataFiles, run: Run, pace: Callable[[], None], info: RestoreInfo
     ) -> None:
         self._files = files
-        self._begin, self._end = feeds
         self._run = run
         self._pace = pace
         self._info = info
-        self._buffer = bytearray(CHUNK_BYTES)  # reused for the pieces of large targets
+        self._buffer = bytearray(CHUNK_BYTES)  # reused: each unit's pieces are read into it
+        self._crcs: dict[str, int] = {}
         self._started = time.perf_counter()
 
     def _unit(self, fetches: Any, feed: dict[Any, Any]) -> None:
@@ -265,61 +303,61 @@ class _Writer:
         self._pace()
         self._started = time.perf_counter()
 
-    def write(self, targets: Sequence[tuple[_Target, _Ops]]) -> None:
-        """Every target: large ones in pieces, small ones grouped up to CHUNK_BYTES a unit."""
-        group: list[tuple[_Target, _Ops]] = []
-        group_bytes = 0
+    def scalars(self, scalars: Sequence[tuple[_Target, tf.Tensor, tf.Operation]]) -> None:
+        """Every rank-0 target in one unit (a few bytes each)."""
         self._started = time.perf_counter()
-        for target, ops in targets:
-            if ops.whole is None:
-                self._in_pieces(target, ops)
-                continue
-            if group and group_bytes + target.entry.size > CHUNK_BYTES:
-                self._group(group)
-                group, group_bytes = [], 0
-            group.append((target, ops))
-            group_bytes += target.entry.size
-        if group:
-            self._group(group)
+        feed = {}
+        for target, value, _ in scalars:
+            array = np.empty((), target.numpy_dtype)  # fresh: the assign may keep its buffer
+            raw = array.reshape(-1).view(np.uint8)
+            self._files.read(target.key, target.entry, 0, memoryview(raw.data))
+            # google_crc32c takes numpy arrays but not writable memoryviews.
+            self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
+            feed[value] = array
+        self._unit([assign for _, _, assign in scalars], feed)
 
-    def _group(self, group: Sequence[tuple[_Target, _Ops]]) -> None:
-        feed = {ops.value: self._whole(target) for target, ops in group}
-        self._unit([ops.whole for _, ops in group], feed)
+    def bank(self, bank: Sequence[_Ops]) -> None:
+        """Allocate the bank's variables (one unit), then fill them, CHUNK_BYTES a unit."""
+        self._started = time.perf_counter()
+        self._unit([ops.alloc for ops in bank], {})
+        unit: list[_Piece] = []
+        used = 0
+        for ops in bank:
+            self._crcs[ops.target.key] = 0
+            for piece in _pieces(ops):
+                if unit and (used + piece.size > CHUNK_BYTES or unit[-1].ops is ops):
+                    self._fill(bank, unit)
+                    unit, used = [], 0
+                unit.append(piece)
+                used += piece.size
+        if unit:
+            self._fill(bank, unit)
+        for ops in bank:
+            target = ops.target
+            self._files.check_crc(target.key, target.entry, self._crcs.pop(target.key))
 
-    def _whole(self, target: _Target) -> np.ndarray:
-        """The target's value read whole, checksum verified (a fresh array: the assign may
-        keep its buffer)."""
-        array = np.empty(target.shape, target.numpy_dtype)
-        raw = array.reshape(-1).view(np.uint8)
-        self._files.read(target.key, target.entry, 0, memoryview(raw.data))
-        # google_crc32c takes numpy arrays but not writable memoryviews.
-        self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
-        return array
-
-    def _in_pieces(self, target: _Target, ops: _Ops) -> None:
-        """Allocate, then write rows [a, b) per unit; the checksum is checked after the last
-        (a failed load is discarded whole)."""
-        self._unit(ops.alloc, {})
-        rows = target.shape[0]
-        row_bytes = target.entry.size // rows
-        step = max(1, CHUNK_BYTES // row_bytes)
-        crc = 0
-        for first in range(0, rows, step):
-            last = min(rows, first + step)
-            size = (last - first) * row_bytes
-            if len(self._buffer) < size:  # a row larger than CHUNK_BYTES: one unit per row
-                self._buffer = bytearray(size)
-            view = memoryview(self._buffer)[:size]
-            self._files.read(target.key, target.entry, first * row_bytes, view)
-            crc = google_crc32c.extend(crc, np.frombuffer(view, np.uint8))
-            piece = np.frombuffer(view, target.numpy_dtype)
-            feed = {
-                ops.value: piece.reshape((last - first, *target.shape[1:])),
-                self._begin: [first],
-                self._end: [last],
-            }
-            self._unit(ops.put, feed)
-        self._files.check_crc(target.key, target.entry, crc)
+    def _fill(self, bank: Sequence[_Ops], unit: Sequence[_Piece]) -> None:
+        """One unit: read each piece into the buffer, extend its CRC, write it."""
+        need = sum(piece.size for piece in unit)
+        if len(self._buffer) < need:  # a row larger than CHUNK_BYTES
+            self._buffer = bytearray(need)
+        feed: dict[Any, Any] = {}
+        for ops in bank:
+            feed[ops.value], feed[ops.begin], feed[ops.end] = ops.nothing, _NO_ROWS, _NO_ROWS
+        at = 0
+        for piece in unit:
+            target = piece.ops.target
+            view = memoryview(self._buffer)[at : at + piece.size]
+            at += piece.size
+            self._files.read(target.key, target.entry, piece.start, view)
+            self._crcs[target.key] = google_crc32c.extend(
+                self._crcs[target.key], np.frombuffer(view, np.uint8)
+            )
+            rows = np.frombuffer(view, target.numpy_dtype)
+            feed[piece.ops.value] = rows.reshape((piece.last - piece.first, *target.shape[1:]))
+            feed[piece.ops.begin] = [piece.first]
+            feed[piece.ops.end] = [piece.last]
+        self._unit([ops.put for ops in bank], feed)
 
 
 def restore(
@@ -353,10 +391,13 @@ def restore(
     info = RestoreInfo("chunked", tensors=len(targets))
     info.bytes = sum(t.entry.size for t in targets)
     with graph.as_default(), tf.name_scope("hotserve_restore"):
-        begin = tf.compat.v1.placeholder(tf.int64, [1], name="begin")
-        end = tf.compat.v1.placeholder(tf.int64, [1], name="end")
-        built = [(target, _build(target, begin, end)) for target in targets]
+        scalars = [(t, *_build_scalar(t)) for t in targets if not t.shape]
+        built = [_build(t) for t in targets if t.shape]
     pace()
     with checkpoint.DataFiles(bundle) as files:
-        _Writer(files, (begin, end), run, pace, info).write(built)
+        writer = _Writer(files, run, pace, info)
+        if scalars:
+            writer.scalars(scalars)
+        for first in range(0, len(built), BANK):
+            writer.bank(built[first : first + BANK])
     return info
