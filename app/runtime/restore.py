@@ -27,7 +27,6 @@ checkpoint.DataLoss. All session runs use `run` (the caller's InlineRuns: in thi
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +36,9 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saver_pb2
-from tensorflow.python.framework import tensor_util
 
 from app.runtime import checkpoint
+from app.runtime.restore_plan import Target, Unsupported, plan
 
 logger = logging.getLogger(__name__)
 
@@ -51,27 +49,6 @@ CHUNK_BYTES = 256 * 1024
 # Variables per bank (see _Writer): each unit feeds and runs a put op for every variable of
 # its bank, most of them writing 0 rows.
 BANK = 16
-
-_NUMERIC = frozenset(
-    tf.as_dtype(t).as_datatype_enum
-    for t in (
-        tf.float16,
-        tf.bfloat16,
-        tf.float32,
-        tf.float64,
-        tf.int8,
-        tf.int16,
-        tf.int32,
-        tf.int64,
-        tf.uint8,
-        tf.uint16,
-        tf.uint32,
-        tf.uint64,
-        tf.bool,
-        tf.complex64,
-        tf.complex128,
-    )
-)
 
 
 @dataclass(slots=True)
@@ -89,124 +66,11 @@ class RestoreInfo:
 
 
 @dataclass(slots=True)
-class _Target:
-    """One variable to restore: its checkpoint entry and where it goes."""
-
-    key: str
-    entry: Any  # BundleEntryProto
-    dtype: tf.DType
-    shape: tuple[int, ...]
-    var: tf.Tensor  # the ref tensor (ref variable) or the resource handle
-    resource: bool
-    validate_shape: bool
-
-    @property
-    def numpy_dtype(self) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self.dtype.as_numpy_dtype).newbyteorder("<")
-        return dtype
-
-
-class Unsupported(Exception):
-    """The saver graph is not the standard pattern; the message says why."""
-
-
-def _leaves(restore_op: tf.Operation) -> list[tf.Operation]:
-    """The assign ops the restore op runs, through NoOps' control inputs."""
-    stack, leaves, seen = [restore_op], [], set()
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.type == "NoOp" and not op.inputs:
-            stack.extend(op.control_inputs)
-        elif op.type in ("Assign", "AssignVariableOp"):
-            leaves.append(op)
-        else:
-            raise Unsupported(f"the restore runs {op.type} op {op.name}")
-    return leaves
-
-
-def _source(leaf: tf.Operation) -> tuple[tf.Operation, int]:
-    """The RestoreV2 op and output index whose value `leaf` assigns."""
-    value = leaf.inputs[1]
-    if leaf.type == "AssignVariableOp":
-        if value.op.type != "Identity":
-            raise Unsupported(f"{leaf.name} assigns a {value.op.type}")
-        value = value.op.inputs[0]
-    if value.op.type != "RestoreV2":
-        raise Unsupported(f"{leaf.name} assigns the output of a {value.op.type}")
-    return value.op, value.value_index
-
-
-def _const_strings(tensor: tf.Tensor) -> list[str]:
-    if tensor.op.type != "Const":
-        raise Unsupported(f"{tensor.name} is not a constant")
-    return [bytes(v).decode("utf-8") for v in tensor_util.MakeNdarray(tensor.op.get_attr("value"))]
-
-
-def _target(leaf: tf.Operation, restore: tf.Operation, index: int, bundle: Any) -> _Target:
-    key = _const_strings(restore.inputs[1])[index]
-    if _const_strings(restore.inputs[2])[index]:
-        raise Unsupported(f"{key} is restored as a slice")
-    dtype = tf.as_dtype(restore.get_attr("dtypes")[index])
-    if dtype.as_datatype_enum not in _NUMERIC:
-        raise Unsupported(f"{key} has dtype {dtype.name}")
-    resource = leaf.type == "AssignVariableOp"
-    var = leaf.inputs[0]
-    if resource:
-        if var.op.type != "VarHandleOp":
-            raise Unsupported(f"{leaf.name} assigns to a {var.op.type}")
-        graph_shape = tf.TensorShape(var.op.get_attr("shape"))
-    else:
-        graph_shape = var.shape
-    entry = bundle.entries.get(key)
-    if entry is None:
-        raise Unsupported(f"{key} is not in the checkpoint")
-    if entry.slices:
-        raise Unsupported(f"{key} is stored in slices")
-    shape = tuple(int(d.size) for d in entry.shape.dim)
-    if entry.dtype != dtype.as_datatype_enum or graph_shape.as_list() != list(shape):
-        raise Unsupported(f"{key}: checkpoint dtype/shape differ from the graph's")
-    if entry.size != int(np.prod(shape, dtype=np.int64)) * dtype.size:
-        raise Unsupported(f"{key}: entry size {entry.size} is not its shape's")
-    validate = bool(leaf.get_attr("validate_shape")) if not resource else False
-    return _Target(key, entry, dtype, shape, var, resource, validate)
-
-
-def plan(graph: tf.Graph, saver: Any, bundle: Any) -> list[_Target]:
-    """The variables a standard saver graph restores. Raises Unsupported."""
-    saver_def = saver.saver_def
-    if saver_def.version != saver_pb2.SaverDef.V2:
-        raise Unsupported("V1 checkpoint")
-    if sys.byteorder != "little":
-        raise Unsupported("big-endian host")
-    restore_op = graph.get_operation_by_name(saver_def.restore_op_name)
-    targets: list[_Target] = []
-    used: set[tuple[str, int]] = set()
-    restores: dict[str, tf.Operation] = {}
-    for leaf in _leaves(restore_op):
-        restore, index = _source(leaf)
-        if restore.inputs[0].name != saver_def.filename_tensor_name:
-            raise Unsupported(f"{restore.name} reads another file")
-        if (restore.name, index) in used:
-            raise Unsupported(f"{restore.name}:{index} is assigned twice")
-        used.add((restore.name, index))
-        restores[restore.name] = restore
-        targets.append(_target(leaf, restore, index, bundle))
-    for restore in restores.values():
-        for out in restore.outputs:
-            if (restore.name, out.value_index) not in used:
-                raise Unsupported(f"{out.name} is restored but not assigned")
-    return targets
-
-
-@dataclass(slots=True)
 class _Ops:
     """The ops that write one target of rank >= 1: `alloc` gives the variable an uninitialized
     buffer, `put` writes rows [begin, end) fed through `value`."""
 
-    target: _Target
+    target: Target
     value: tf.Tensor
     begin: tf.Tensor
     end: tf.Tensor
@@ -215,7 +79,7 @@ class _Ops:
     nothing: np.ndarray  # a 0-row value: this target's feed in a unit that does not write it
 
 
-def _build(target: _Target) -> _Ops:
+def _build(target: Target) -> _Ops:
     """Ops writing `target`; call with the graph as default, before it is finalized."""
     raw = tf.raw_ops
     shape = list(target.shape)
@@ -236,7 +100,7 @@ def _build(target: _Target) -> _Ops:
     return _Ops(target, value, begin, end, alloc, put.op, nothing)
 
 
-def _build_scalar(target: _Target) -> tuple[tf.Tensor, tf.Operation]:
+def _build_scalar(target: Target) -> tuple[tf.Tensor, tf.Operation]:
     """(placeholder, assign) writing a rank-0 target whole."""
     value = tf.compat.v1.placeholder(target.dtype, [])
     if target.resource:
@@ -303,7 +167,7 @@ class _Writer:
         self._pace()
         self._started = time.perf_counter()
 
-    def scalars(self, scalars: Sequence[tuple[_Target, tf.Tensor, tf.Operation]]) -> None:
+    def scalars(self, scalars: Sequence[tuple[Target, tf.Tensor, tf.Operation]]) -> None:
         """Every rank-0 target in one unit (a few bytes each)."""
         self._started = time.perf_counter()
         feed = {}

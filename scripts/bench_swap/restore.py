@@ -2,8 +2,10 @@
 
     .venv/bin/python scripts/bench_swap/restore.py MODEL_DIR [--rounds 3] [--chunks 262144,...]
 
-Each measurement runs in a fresh child process (peak RSS is per process): import the graph,
-then time only the restore, in the calling thread (InlineRuns, as the server loads). Reports,
+Each measurement runs in a fresh child process (peak RSS is per process) that first loads the
+model once with TF (as a server swapping versions, TF's process-wide first-run work is done;
+for a 1 GiB model this doubles the child's memory), then imports the graph and times only
+the restore, in the calling thread (InlineRuns, as the server loads). Reports,
 per method: wall and thread CPU seconds of the restore, number of units, the longest and the
 median unit, and the child's peak RSS above its RSS before the restore. Rounds alternate the
 methods so that page-cache and machine noise fall on both; medians are printed. Nothing is
@@ -39,6 +41,10 @@ def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
     from app.runtime.saved_model import InlineRuns
 
     restore.CHUNK_BYTES = chunk
+    # As in a server swapping versions: TensorFlow's process-wide first-run work is done.
+    warm = tf.Graph()
+    with tf.compat.v1.Session(graph=warm) as session:
+        tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
     with graph.as_default():

@@ -8,6 +8,7 @@ seeded random values, so a restore that misplaces one byte is seen. Nothing is d
 - `partitioned`: a variable split by a fixed-size partitioner (restored from slices).
 - `strings`: a string variable beside a float one.
 - `sharded`: variables on two CPU devices saved by a sharded saver: two data files.
+- `tf2`: a TF2 module (tf.saved_model.save) with a 2 MiB variable and a scalar.
 """
 
 from __future__ import annotations
@@ -89,11 +90,26 @@ def sharded() -> tf.Tensor:
     return tf.reduce_sum(first) + tf.reduce_sum(second)
 
 
+def tf2_module(out: Path) -> None:
+    """A TF2 SavedModel (restored through a traced function) with a 2 MiB variable."""
+    rng = np.random.default_rng(6)
+    module = tf.Module()
+    module.w = tf.Variable(rng.standard_normal((2048, 256)).astype(np.float32), name="w")
+    module.b = tf.Variable(np.float32(rng.standard_normal()), name="b")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x + tf.reduce_sum(module.w) + module.b}
+
+    tf.saved_model.save(module, str(out), signatures={"serving_default": serve})
+
+
 def main(out: Path) -> None:
     _export(out / "multi" / "1", multi)
     _export(out / "partitioned" / "1", partitioned)
     _export(out / "strings" / "1", strings)
     _export(out / "sharded" / "1", sharded, devices=2)
+    tf2_module(out / "tf2" / "1")
 
 
 if __name__ == "__main__":

@@ -126,10 +126,9 @@ def test_models_without_variables(testdata: Path, rel: str) -> None:
     assert (info.how, info.units, paces) == ("none", 0, 0)
 
 
-def test_tf2_model_falls_back_to_tf_and_is_right(testdata: Path) -> None:
+def test_tf2_model_restores_in_units_through_its_function(testdata: Path) -> None:
     info, _ = _same_as_tf(testdata / TF2_MODEL)
-    assert info.how == "tf"
-    assert "StatefulPartitionedCall" in info.reason
+    assert (info.how, info.tensors) == ("chunked", 3)
 
 
 def test_multi_chunk_ref_and_resource_variables(models: Path) -> None:
@@ -144,6 +143,12 @@ def test_multi_chunk_ref_and_resource_variables(models: Path) -> None:
     assert pieces + 2 <= info.units <= pieces + 2 + 4
     assert paces == info.units + 1
     assert paces > pieces
+
+
+def test_tf2_module_with_a_multi_piece_variable(models: Path) -> None:
+    info, paces = _same_as_tf(models / "tf2" / "1")
+    assert (info.how, info.tensors) == ("chunked", 2)
+    assert paces > 2048 * 256 * 4 // restore.CHUNK_BYTES
 
 
 def test_demo_mlp_loads_in_units_and_answers_like_tf(models: Path) -> None:
