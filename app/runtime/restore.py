@@ -46,9 +46,9 @@ logger = logging.getLogger(__name__)
 # through a placeholder): a 256 KiB unit (read + crc + assign) took ~0.15-0.25 ms wall, a 1 MiB
 # one ~0.8 ms; below 64 KiB the fixed cost of a session run (~60 us) dominates.
 CHUNK_BYTES = 256 * 1024
-# Variables per bank (see _Writer): each unit feeds and runs a put op for every variable of
-# its bank, most of them writing 0 rows.
-BANK = 16
+# Variables per bank (see _Bank): one executor each; every unit walks the bank's ops (about
+# 8 per variable, all but one variable's skipped as dead).
+BANK = 64
 
 
 @dataclass(slots=True)
@@ -65,87 +65,82 @@ class RestoreInfo:
     unit_times: list[float] = field(default_factory=list, repr=False)
 
 
-@dataclass(slots=True)
-class _Ops:
-    """The ops that write one target of rank >= 1: `alloc` gives the variable an uninitialized
-    buffer, `put` writes rows [begin, end) fed through `value`."""
+class _Bank:
+    """One executor's worth of targets: ops that allocate every target's buffer (when fed
+    `allocate` True) or write rows [begin, end) of the target numbered `index` from a flat
+    value of its dtype, and nothing else.
 
-    target: Target
-    value: tf.Tensor
-    begin: tf.Tensor
-    end: tf.Tensor
-    alloc: tf.Operation
-    put: tf.Operation
-    nothing: np.ndarray  # a 0-row value: this target's feed in a unit that does not write it
+    Why one set of ops for many variables: every distinct set of fetched ops costs the session
+    a new executor on its first run, built in one piece with TF's graph optimizer over the
+    whole graph (measured: 2-5 ms for the demo MLP, 30-100 ms for a graph holding 48 MiB of
+    constants), so a per-variable op set would add that many long pieces. Here each target's
+    ops take their inputs through `Switch` on `index == i` (or `allocate`): the executor
+    skips the ops of the targets not picked (dead inputs), and every unit runs the same
+    executor. Build with the graph as default, before it is finalized.
+    """
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        v1 = tf.compat.v1
+        raw = tf.raw_ops
+        self.targets = list(targets)
+        self.index = v1.placeholder(tf.int32, [])
+        self.allocate = v1.placeholder(tf.bool, [])
+        self.begin = v1.placeholder(tf.int64, [1])
+        self.end = v1.placeholder(tf.int64, [1])
+        dtypes = sorted({t.dtype for t in targets}, key=lambda d: d.as_datatype_enum)
+        self.values = {d: v1.placeholder(d, [None]) for d in dtypes}
+        self.nothing = {d: np.empty(0, d.as_numpy_dtype) for d in dtypes}
+        self.fetches: list[tf.Operation] = []
+        strides = tf.constant([1], tf.int64)
+        for i, target in enumerate(targets):
+            picked = raw.Switch(data=self.values[target.dtype], pred=tf.equal(self.index, i))[1]
+            if not target.shape:
+                self.fetches.append(_assign(target, tf.reshape(picked, [])))
+                continue
+            shape = tf.constant(list(target.shape), tf.int32)
+            empty = raw.Empty(
+                shape=raw.Switch(data=shape, pred=self.allocate)[1], dtype=target.dtype, init=False
+            )
+            self.fetches.append(_assign(target, empty))
+            rows = tf.reshape(picked, [-1, *target.shape[1:]])
+            if target.resource:
+                put = raw.ResourceStridedSliceAssign(
+                    ref=target.var, begin=self.begin, end=self.end, strides=strides, value=rows
+                )
+            else:
+                put = raw.StridedSliceAssign(
+                    ref=target.var, begin=self.begin, end=self.end, strides=strides, value=rows
+                ).op
+            self.fetches.append(put)
+
+    def feed(self, index: int, value: np.ndarray | None, first: int, last: int) -> dict[Any, Any]:
+        """The feed writing rows [first, last) of target `index` (-1 with `value` None:
+        allocate every target)."""
+        feed: dict[Any, Any] = dict(zip(self.values.values(), self.nothing.values(), strict=True))
+        feed[self.index] = index
+        feed[self.allocate] = value is None
+        feed[self.begin] = [first]
+        feed[self.end] = [last]
+        if value is not None:
+            feed[self.values[self.targets[index].dtype]] = value
+        return feed
 
 
-def _build(target: Target) -> _Ops:
-    """Ops writing `target`; call with the graph as default, before it is finalized."""
-    raw = tf.raw_ops
-    shape = list(target.shape)
-    value = tf.compat.v1.placeholder(target.dtype, [None, *shape[1:]])
-    begin = tf.compat.v1.placeholder(tf.int64, [1])
-    end = tf.compat.v1.placeholder(tf.int64, [1])
-    empty = raw.Empty(shape=shape, dtype=target.dtype, init=False)
-    strides = tf.constant([1], tf.int64)
-    nothing = np.empty((0, *shape[1:]), target.numpy_dtype)
+def _assign(target: Target, value: tf.Tensor) -> tf.Operation:
+    """`value` assigned to the whole variable (it may keep value's buffer)."""
     if target.resource:
-        alloc = raw.AssignVariableOp(resource=target.var, value=empty)
-        put = raw.ResourceStridedSliceAssign(
-            ref=target.var, begin=begin, end=end, strides=strides, value=value
-        )
-        return _Ops(target, value, begin, end, alloc, put, nothing)
-    alloc = raw.Assign(ref=target.var, value=empty, validate_shape=target.validate_shape).op
-    put = raw.StridedSliceAssign(ref=target.var, begin=begin, end=end, strides=strides, value=value)
-    return _Ops(target, value, begin, end, alloc, put.op, nothing)
-
-
-def _build_scalar(target: Target) -> tuple[tf.Tensor, tf.Operation]:
-    """(placeholder, assign) writing a rank-0 target whole."""
-    value = tf.compat.v1.placeholder(target.dtype, [])
-    if target.resource:
-        return value, tf.raw_ops.AssignVariableOp(resource=target.var, value=value)
+        op: tf.Operation = tf.raw_ops.AssignVariableOp(resource=target.var, value=value)
+        return op
     assign = tf.raw_ops.Assign(ref=target.var, value=value, validate_shape=target.validate_shape)
-    return value, assign.op
+    return assign.op
 
 
 Run = Callable[..., Any]
-_NO_ROWS = np.zeros(1, np.int64)
-
-
-@dataclass(slots=True)
-class _Piece:
-    """Rows [first, last) of one target, `start` bytes into its entry."""
-
-    ops: _Ops
-    first: int
-    last: int
-    start: int
-    size: int
-
-
-def _pieces(ops: _Ops) -> list[_Piece]:
-    """A target's rows in pieces of at most CHUNK_BYTES (a larger row is a piece alone)."""
-    rows = ops.target.shape[0]
-    if not rows or not ops.target.entry.size:
-        return []
-    row_bytes = ops.target.entry.size // rows
-    step = max(1, CHUNK_BYTES // row_bytes)
-    return [
-        _Piece(ops, first, last, first * row_bytes, (last - first) * row_bytes)
-        for first in range(0, rows, step)
-        for last in (min(rows, first + step),)
-    ]
 
 
 class _Writer:
-    """Writes the targets unit by unit: times each unit (wall, this thread, without the pace)
-    into `info` and calls `pace()` after each. One thread.
-
-    Every distinct set of fetched ops costs the session a new executor on its first run (with
-    TF's graph optimizer: 2-3 ms for a small graph, measured, in one piece). So variables go in
-    banks of at most BANK: one run allocates a whole bank, and every unit of the bank fetches
-    all its `put` ops, feeding 0 rows to those it does not write."""
+    """Writes banks unit by unit: times each unit (wall, this thread, without the pace) into
+    `info` and calls `pace()` after each. One thread."""
 
     def __init__(
         self, files: checkpoint.DataFiles, run: Run, pace: Callable[[], None], info: RestoreInfo
@@ -154,12 +149,11 @@ class _Writer:
         self._run = run
         self._pace = pace
         self._info = info
-        self._buffer = bytearray(CHUNK_BYTES)  # reused: each unit's pieces are read into it
-        self._crcs: dict[str, int] = {}
+        self._buffer = bytearray(CHUNK_BYTES)  # reused by every piece but rank-0 ones
         self._started = time.perf_counter()
 
-    def _unit(self, fetches: Any, feed: dict[Any, Any]) -> None:
-        self._run(fetches, feed)
+    def _unit(self, bank: _Bank, feed: dict[Any, Any]) -> None:
+        self._run(bank.fetches, feed)
         took = time.perf_counter() - self._started
         self._info.units += 1
         self._info.unit_times.append(took)
@@ -167,61 +161,42 @@ class _Writer:
         self._pace()
         self._started = time.perf_counter()
 
-    def scalars(self, scalars: Sequence[tuple[Target, tf.Tensor, tf.Operation]]) -> None:
-        """Every rank-0 target in one unit (a few bytes each)."""
+    def bank(self, bank: _Bank) -> None:
+        """Allocate every variable of the bank (one unit), then write each in pieces of at
+        most CHUNK_BYTES (a row larger than that: a piece alone), one piece a unit."""
         self._started = time.perf_counter()
-        feed = {}
-        for target, value, _ in scalars:
-            array = np.empty((), target.numpy_dtype)  # fresh: the assign may keep its buffer
-            raw = array.reshape(-1).view(np.uint8)
-            self._files.read(target.key, target.entry, 0, memoryview(raw.data))
-            # google_crc32c takes numpy arrays but not writable memoryviews.
-            self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
-            feed[value] = array
-        self._unit([assign for _, _, assign in scalars], feed)
+        self._unit(bank, bank.feed(-1, None, 0, 0))
+        for index, target in enumerate(bank.targets):
+            if not target.shape:
+                # Rank 0: a fresh array, since the assign may keep its buffer.
+                value = np.empty(1, target.numpy_dtype)
+                raw = value.view(np.uint8)
+                self._files.read(target.key, target.entry, 0, memoryview(raw.data))
+                # google_crc32c takes numpy arrays but not writable memoryviews.
+                self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
+                self._unit(bank, bank.feed(index, value, 0, 0))
+                continue
+            self._pieces(bank, index, target)
 
-    def bank(self, bank: Sequence[_Ops]) -> None:
-        """Allocate the bank's variables (one unit), then fill them, CHUNK_BYTES a unit."""
-        self._started = time.perf_counter()
-        self._unit([ops.alloc for ops in bank], {})
-        unit: list[_Piece] = []
-        used = 0
-        for ops in bank:
-            self._crcs[ops.target.key] = 0
-            for piece in _pieces(ops):
-                if unit and (used + piece.size > CHUNK_BYTES or unit[-1].ops is ops):
-                    self._fill(bank, unit)
-                    unit, used = [], 0
-                unit.append(piece)
-                used += piece.size
-        if unit:
-            self._fill(bank, unit)
-        for ops in bank:
-            target = ops.target
-            self._files.check_crc(target.key, target.entry, self._crcs.pop(target.key))
-
-    def _fill(self, bank: Sequence[_Ops], unit: Sequence[_Piece]) -> None:
-        """One unit: read each piece into the buffer, extend its CRC, write it."""
-        need = sum(piece.size for piece in unit)
-        if len(self._buffer) < need:  # a row larger than CHUNK_BYTES
-            self._buffer = bytearray(need)
-        feed: dict[Any, Any] = {}
-        for ops in bank:
-            feed[ops.value], feed[ops.begin], feed[ops.end] = ops.nothing, _NO_ROWS, _NO_ROWS
-        at = 0
-        for piece in unit:
-            target = piece.ops.target
-            view = memoryview(self._buffer)[at : at + piece.size]
-            at += piece.size
-            self._files.read(target.key, target.entry, piece.start, view)
-            self._crcs[target.key] = google_crc32c.extend(
-                self._crcs[target.key], np.frombuffer(view, np.uint8)
-            )
-            rows = np.frombuffer(view, target.numpy_dtype)
-            feed[piece.ops.value] = rows.reshape((piece.last - piece.first, *target.shape[1:]))
-            feed[piece.ops.begin] = [piece.first]
-            feed[piece.ops.end] = [piece.last]
-        self._unit([ops.put for ops in bank], feed)
+    def _pieces(self, bank: _Bank, index: int, target: Target) -> None:
+        rows = target.shape[0]
+        if not target.entry.size:
+            return
+        row_bytes = target.entry.size // rows
+        step = max(1, CHUNK_BYTES // row_bytes)
+        crc = 0
+        for first in range(0, rows, step):
+            last = min(rows, first + step)
+            size = (last - first) * row_bytes
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            view = memoryview(self._buffer)[:size]
+            self._files.read(target.key, target.entry, first * row_bytes, view)
+            crc = google_crc32c.extend(crc, np.frombuffer(view, np.uint8))
+            value = np.frombuffer(view, target.numpy_dtype)
+            self._unit(bank, bank.feed(index, value, first, last))
+        # After the last piece: a failed load is discarded whole.
+        self._files.check_crc(target.key, target.entry, crc)
 
 
 def restore(
@@ -255,13 +230,10 @@ def restore(
     info = RestoreInfo("chunked", tensors=len(targets))
     info.bytes = sum(t.entry.size for t in targets)
     with graph.as_default(), tf.name_scope("hotserve_restore"):
-        scalars = [(t, *_build_scalar(t)) for t in targets if not t.shape]
-        built = [_build(t) for t in targets if t.shape]
+        banks = [_Bank(targets[i : i + BANK]) for i in range(0, len(targets), BANK)]
     pace()
     with checkpoint.DataFiles(bundle) as files:
         writer = _Writer(files, run, pace, info)
-        if scalars:
-            writer.scalars(scalars)
-        for first in range(0, len(built), BANK):
-            writer.bank(built[first : first + BANK])
+        for bank in banks:
+            writer.bank(bank)
     return info

@@ -31,7 +31,7 @@ def _rss_kib() -> int:
         return int(statm.read().split()[1]) * 4
 
 
-def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
+def measure(path: Path, method: str, chunk: int, bank: int) -> dict[str, float]:
     """One restore of `path` in this process (imports TensorFlow); returns the numbers."""
     sys.path.insert(0, str(REPO))
     import tensorflow as tf
@@ -41,6 +41,7 @@ def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
     from app.runtime.saved_model import InlineRuns
 
     restore.CHUNK_BYTES = chunk
+    restore.BANK = bank or restore.BANK
     # As in a server swapping versions: TensorFlow's process-wide first-run work is done.
     warm = tf.Graph()
     with tf.compat.v1.Session(graph=warm) as session:
@@ -52,7 +53,7 @@ def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
         saver, _ = loader.load_graph(graph, ["serve"])
         runs = InlineRuns(session)
         before = _rss_kib()
-        wall, cpu = time.perf_counter(), time.thread_time()
+        wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
         if method == "tf":
             loader.restore_variables(runs, saver)
             units = [time.perf_counter() - wall]
@@ -68,10 +69,12 @@ def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
             assert info.how == "chunked", info.reason
             units = info.unit_times
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        process = time.process_time() - process
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "wall_s": wall,
         "cpu_s": cpu,
+        "process_cpu_s": process,
         "units": len(units),
         "longest_ms": max(units) * 1e3,
         "median_ms": statistics.median(units) * 1e3,
@@ -80,9 +83,10 @@ def measure(path: Path, method: str, chunk: int) -> dict[str, float]:
     }
 
 
-def _child(path: Path, method: str, chunk: int) -> dict[str, float]:
+def _child(path: Path, method: str, chunk: int, bank: int) -> dict[str, float]:
+    command = [__file__, str(path), "--child", method, "--chunks", str(chunk), "--banks", str(bank)]
     done = subprocess.run(
-        [sys.executable, __file__, str(path), "--child", method, "--chunks", str(chunk)],
+        [sys.executable, *command],
         capture_output=True,
         text=True,
         check=True,
@@ -96,21 +100,26 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunks", default="262144", help="comma-separated unit sizes (bytes)")
+    parser.add_argument(
+        "--banks", default="0", help="comma-separated restore.BANK values (0: its own)"
+    )
     parser.add_argument("--child", choices=["tf", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     chunks = [int(c) for c in args.chunks.split(",")]
+    banks = [int(b) for b in args.banks.split(",")]
     if args.child:
-        print(json.dumps(measure(args.model, args.child, chunks[0])))
+        print(json.dumps(measure(args.model, args.child, chunks[0], banks[0])))
         return
-    cells = [("tf", chunks[0])] + [("chunked", c) for c in chunks]
-    results: dict[tuple[str, int], list[dict[str, float]]] = {cell: [] for cell in cells}
+    cells = [("tf", chunks[0], banks[0])]
+    cells += [("chunked", c, b) for c in chunks for b in banks]
+    results: dict[tuple[str, int, int], list[dict[str, float]]] = {cell: [] for cell in cells}
     for round_ in range(args.rounds):
         for cell in cells if round_ % 2 == 0 else cells[::-1]:
             results[cell].append(_child(args.model, *cell))
-    for (method, chunk), runs in results.items():
+    for (method, chunk, bank), runs in results.items():
         medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        label = "tf" if method == "tf" else f"chunked {chunk // 1024} KiB"
-        print(label.ljust(18), "  ".join(f"{k}={v:.4g}" for k, v in medians.items()))
+        label = "tf" if method == "tf" else f"chunked {chunk // 1024} KiB bank {bank}"
+        print(label.ljust(26), "  ".join(f"{k}={v:.4g}" for k, v in medians.items()))
 
 
 if __name__ == "__main__":

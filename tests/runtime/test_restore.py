@@ -137,10 +137,10 @@ def test_multi_chunk_ref_and_resource_variables(models: Path) -> None:
     assert info.tensors == 8
     chunk = restore.CHUNK_BYTES
     # big2d: 3 MiB in 12 pieces; long1d: 2.4 MB in 10; wide_rows: one row per unit (a row is
-    # larger than a piece); the small ones share units with those or one of their own; one
-    # unit allocates them all (one bank), one writes the scalar.
+    # larger than a piece); scalar, ints, flags, halves: a unit each; empty: none; and one
+    # unit allocates them all (one bank).
     pieces = -(-3072 * 256 * 4 // chunk) + -(-300_000 * 8 // chunk) + 2
-    assert pieces + 2 <= info.units <= pieces + 2 + 4
+    assert info.units == 1 + pieces + 4
     assert paces == info.units + 1
     assert paces > pieces
 
