@@ -4,24 +4,28 @@ TF's restore (`Saver.restore`: one RestoreV2 op, then one assign per variable) r
 variable whole in one uninterruptible op: hundreds of ms of CPU for a 1 GiB variable, which the
 kernel lets the (niced) loading thread hold in ~5 ms stretches while serving waits for the
 core. Here the same bytes go into the same variables in units of at most `CHUNK_BYTES`: each
-unit reads a piece of the checkpoint (app.runtime.checkpoint), extends the tensor's CRC32C and
-writes the piece into the variable with a strided-slice assign, and `pace()` runs between
-units, so whoever paces the load can give the core back to serving.
+unit reads a piece of the checkpoint (app.runtime.checkpoint, not RestoreV2: asked for a slice
+of a tensor stored whole, RestoreV2 reads the whole tensor each time), extends the tensor's
+CRC32C and writes the piece into the variable with a strided-slice assign; `pace()` runs
+between units, so whoever paces the load can give the core back to serving.
 
-The saver graph must have the standard pattern TF1 savers build (restore op -> NoOps -> one
-`Assign` per ref variable fed by a RestoreV2 output, or `AssignVariableOp` fed through an
-`Identity` per resource variable), every entry stored whole, numeric, and matching the
-variable's dtype and static shape. Anything else (V1 checkpoints, partitioned or sliced
-variables, string variables, a TF2 SavedModel whose restore is a function call, a missing or
-mismatching entry) restores exactly as TF does, in one go, and says why at debug: its errors
-are then TF's own.
+Which graphs: see app.runtime.restore_plan (TF1 savers and TF2 traced restore functions with
+every entry stored whole, numeric, of the variable's dtype and shape). Anything else (V1
+checkpoints, partitioned or string variables, a missing or mismatching entry, an index this
+reader does not handle) restores exactly as TF does, in one go (`fallback`), and says why at
+debug: its errors are then TF's own.
 
-A variable larger than one unit is first given an uninitialized buffer (`Empty(init=False)`
-assigned: TF forwards that buffer, nothing is touched) and then filled along dim 0, rows
-[a, b) per unit; a single row larger than `CHUNK_BYTES` is one unit. Variables smaller than a
-unit are grouped up to `CHUNK_BYTES` per unit. Checksums are verified per tensor (a tensor in
-pieces: after its last piece); a mismatch, a short or missing data file raise
-checkpoint.DataLoss. All session runs use `run` (the caller's InlineRuns: in this thread).
+A variable is first given an uninitialized buffer (`Empty(init=False)` assigned: TF forwards
+that buffer, nothing is touched), then filled along dim 0, rows [a, b) per unit; a row larger
+than `CHUNK_BYTES` is a unit alone; a rank-0 or small variable is one unit. Checksums are
+verified per tensor after its last piece (a failed load is discarded whole); a mismatch, a
+short or missing data file raise checkpoint.DataLoss. Every unit runs a callable made with
+RunOptions inter_op_thread_pool=-1 (as InlineRuns): in this thread, never TF's shared pool;
+a callable also skips session.run's per-call fetch/feed handling in Python. What cannot be
+cut: the session's first run (in it TF builds its execution state from the whole graph and
+runs its graph optimizer: 10-20 ms for the demo MLP, ~110 ms for a graph holding 48 MiB of
+constants; TF's own restore pays it too) and each further bank's executor (see _Bank).
+Measurements: app.runtime.checkpoint's docstring.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from app.runtime import checkpoint
 from app.runtime.restore_plan import Target, Unsupported, plan
@@ -113,17 +118,27 @@ class _Bank:
                 ).op
             self.fetches.append(put)
 
-    def feed(self, index: int, value: np.ndarray | None, first: int, last: int) -> dict[Any, Any]:
-        """The feed writing rows [first, last) of target `index` (-1 with `value` None:
-        allocate every target)."""
-        feed: dict[Any, Any] = dict(zip(self.values.values(), self.nothing.values(), strict=True))
-        feed[self.index] = index
-        feed[self.allocate] = value is None
-        feed[self.begin] = [first]
-        feed[self.end] = [last]
+    def callable(self, session: Any) -> Callable[..., Any]:
+        """The bank's one callable (one executor), run in the calling thread (RunOptions
+        inter_op_thread_pool=-1, as InlineRuns), taking `args()`."""
+        feeds = [self.index, self.allocate, self.begin, self.end, *self.values.values()]
+        options = config_pb2.CallableOptions(
+            feed=[t.name for t in feeds],
+            target=[op.name for op in self.fetches],
+            run_options=config_pb2.RunOptions(inter_op_thread_pool=-1),
+        )
+        fn: Callable[..., Any] = session._make_callable_from_options(options)  # as serving
+        return fn
+
+    def args(self, index: int, value: np.ndarray | None, first: int, last: int) -> list[Any]:
+        """The callable's arguments writing rows [first, last) of target `index` (-1 with
+        `value` None: allocate every target)."""
+        values = dict(self.nothing)
         if value is not None:
-            feed[self.values[self.targets[index].dtype]] = value
-        return feed
+            values[self.targets[index].dtype] = value
+        flags = [np.int32(index), np.bool_(value is None)]
+        rows = [np.array([first], np.int64), np.array([last], np.int64)]
+        return [*flags, *rows, *values.values()]
 
 
 def _assign(target: Target, value: tf.Tensor) -> tf.Operation:
@@ -135,7 +150,8 @@ def _assign(target: Target, value: tf.Tensor) -> tf.Operation:
     return assign.op
 
 
-Run = Callable[..., Any]
+def _no_run(*args: Any) -> None:
+    raise AssertionError("no bank callable yet")
 
 
 class _Writer:
@@ -143,17 +159,17 @@ class _Writer:
     `info` and calls `pace()` after each. One thread."""
 
     def __init__(
-        self, files: checkpoint.DataFiles, run: Run, pace: Callable[[], None], info: RestoreInfo
+        self, files: checkpoint.DataFiles, pace: Callable[[], None], info: RestoreInfo
     ) -> None:
         self._files = files
-        self._run = run
+        self._run: Callable[..., Any] = _no_run
         self._pace = pace
         self._info = info
         self._buffer = bytearray(CHUNK_BYTES)  # reused by every piece but rank-0 ones
         self._started = time.perf_counter()
 
-    def _unit(self, bank: _Bank, feed: dict[Any, Any]) -> None:
-        self._run(bank.fetches, feed)
+    def _unit(self, args: list[Any]) -> None:
+        self._run(*args)
         took = time.perf_counter() - self._started
         self._info.units += 1
         self._info.unit_times.append(took)
@@ -161,11 +177,12 @@ class _Writer:
         self._pace()
         self._started = time.perf_counter()
 
-    def bank(self, bank: _Bank) -> None:
+    def bank(self, bank: _Bank, session: Any) -> None:
         """Allocate every variable of the bank (one unit), then write each in pieces of at
         most CHUNK_BYTES (a row larger than that: a piece alone), one piece a unit."""
         self._started = time.perf_counter()
-        self._unit(bank, bank.feed(-1, None, 0, 0))
+        self._run = bank.callable(session)
+        self._unit(bank.args(-1, None, 0, 0))
         for index, target in enumerate(bank.targets):
             if not target.shape:
                 # Rank 0: a fresh array, since the assign may keep its buffer.
@@ -174,7 +191,7 @@ class _Writer:
                 self._files.read(target.key, target.entry, 0, memoryview(raw.data))
                 # google_crc32c takes numpy arrays but not writable memoryviews.
                 self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
-                self._unit(bank, bank.feed(index, value, 0, 0))
+                self._unit(bank.args(index, value, 0, 0))
                 continue
             self._pieces(bank, index, target)
 
@@ -194,7 +211,7 @@ class _Writer:
             self._files.read(target.key, target.entry, first * row_bytes, view)
             crc = google_crc32c.extend(crc, np.frombuffer(view, np.uint8))
             value = np.frombuffer(view, target.numpy_dtype)
-            self._unit(bank, bank.feed(index, value, first, last))
+            self._unit(bank.args(index, value, first, last))
         # After the last piece: a failed load is discarded whole.
         self._files.check_crc(target.key, target.entry, crc)
 
@@ -204,7 +221,6 @@ def restore(
     saver: Any,
     prefix: Path,
     *,
-    run: Run,
     pace: Callable[[], None],
     fallback: Callable[[], None],
 ) -> RestoreInfo:
@@ -212,9 +228,9 @@ def restore(
     variables") into `session`'s graph, in units (see the module docstring), or with
     `fallback()` (TF's restore) when the graph or checkpoint is not one handled here.
 
-    `run(fetches, feed_dict)` runs in the session (in this thread); `pace()` is called after
-    every unit. Adds ops to the graph: call before it is finalized. Raises checkpoint.DataLoss
-    for damaged data, tf.errors.OpError from a run.
+    Units run in this thread; `pace()` is called after every unit. Adds ops to the graph: call
+    before it is finalized. Raises checkpoint.DataLoss for damaged data, tf.errors.OpError
+    from a run.
     """
     if saver is None:
         fallback()
@@ -233,7 +249,7 @@ def restore(
         banks = [_Bank(targets[i : i + BANK]) for i in range(0, len(targets), BANK)]
     pace()
     with checkpoint.DataFiles(bundle) as files:
-        writer = _Writer(files, run, pace, info)
+        writer = _Writer(files, pace, info)
         for bank in banks:
-            writer.bank(bank)
+            writer.bank(bank, session)
     return info

@@ -421,7 +421,6 @@ def _load_meta_graph(
                 session,
                 saver,
                 path / "variables" / "variables",  # the loader's checkpoint prefix
-                run=runs.run,
                 pace=pace,
                 fallback=lambda: loader.restore_variables(runs, saver),
             )

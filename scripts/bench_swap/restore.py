@@ -62,7 +62,6 @@ def measure(path: Path, method: str, chunk: int, bank: int) -> dict[str, float]:
                 session,
                 saver,
                 path / "variables" / "variables",
-                run=runs.run,
                 pace=lambda: None,
                 fallback=lambda: loader.restore_variables(runs, saver),
             )

@@ -86,7 +86,6 @@ def _restore_chunked(path: Path, paces: list[int]) -> tuple[restore.RestoreInfo,
             session,
             saver,
             path / "variables" / "variables",
-            run=runs.run,
             pace=lambda: paces.append(1),
             fallback=lambda: loader.restore_variables(runs, saver),
         )
