@@ -47,10 +47,12 @@ from app.runtime.restore_plan import Target, Unsupported, plan
 
 logger = logging.getLogger(__name__)
 
-# Bytes per unit. Measured on this 2-core machine (idle core, 64 MiB float32 variable fed
-# through a placeholder): a 256 KiB unit (read + crc + assign) took ~0.15-0.25 ms wall, a 1 MiB
-# one ~0.8 ms; below 64 KiB the fixed cost of a session run (~60 us) dominates.
-CHUNK_BYTES = 256 * 1024
+# Bytes per unit. Measured here (scripts/bench_swap/restore.py, 64 MiB float32 variable,
+# busy shared machine): 128 KiB units took 0.11 ms median, 0.14 ms p99 (read + CRC32C + one
+# callable run); 256 KiB 0.21 / 0.26 ms; the whole restore cost about the same CPU either way
+# (1.7x TF's one op). From 512 KiB TF's assign splits the copy over its intra-op pool (thread
+# CPU fell below wall), which is serving's pool.
+CHUNK_BYTES = 128 * 1024
 # Variables per bank (see _Bank): one executor each; every unit walks the bank's ops (about
 # 8 per variable, all but one variable's skipped as dead).
 BANK = 64

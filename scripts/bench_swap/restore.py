@@ -40,7 +40,7 @@ def measure(path: Path, method: str, chunk: int, bank: int) -> dict[str, float]:
     from app.runtime import restore
     from app.runtime.saved_model import InlineRuns
 
-    restore.CHUNK_BYTES = chunk
+    restore.CHUNK_BYTES = chunk or restore.CHUNK_BYTES
     restore.BANK = bank or restore.BANK
     # As in a server swapping versions: TensorFlow's process-wide first-run work is done.
     warm = tf.Graph()
@@ -98,7 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--chunks", default="262144", help="comma-separated unit sizes (bytes)")
+    parser.add_argument(
+        "--chunks", default="0", help="comma-separated unit sizes in bytes (0: CHUNK_BYTES)"
+    )
     parser.add_argument(
         "--banks", default="0", help="comma-separated restore.BANK values (0: its own)"
     )
@@ -117,7 +119,11 @@ def main() -> None:
             results[cell].append(_child(args.model, *cell))
     for (method, chunk, bank), runs in results.items():
         medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        label = "tf" if method == "tf" else f"chunked {chunk // 1024} KiB bank {bank}"
+        label = (
+            "tf"
+            if method == "tf"
+            else f"chunked {chunk // 1024 or 'CHUNK_BYTES'} KiB bank {bank or 'BANK'}"
+        )
         print(label.ljust(26), "  ".join(f"{k}={v:.4g}" for k, v in medians.items()))
 
 

@@ -2,8 +2,8 @@
 
 Run in a child process (TF1 graph building leaves global state behind). Every variable holds
 seeded random values, so a restore that misplaces one byte is seen. Nothing is downloaded.
-- `multi`: ref and resource variables: a 3 MiB float32 [3072, 256] (ref: 12 pieces of
-  256 KiB), a 2.4 MiB float64 [300000] (resource), two rows of 400 KB [2, 100000] (a row
+- `multi`: ref and resource variables: a 3 MiB float32 [3072, 256] (ref, many pieces),
+  a 2.4 MiB float64 [300000] (resource), two rows of 400 KB [2, 100000] (a row
   larger than a piece), small scalars/ints/bools/halves grouped into one unit.
 - `partitioned`: a variable split by a fixed-size partitioner (restored from slices).
 - `strings`: a string variable beside a float one.

@@ -135,8 +135,8 @@ def test_multi_chunk_ref_and_resource_variables(models: Path) -> None:
     assert info.how == "chunked"
     assert info.tensors == 8
     chunk = restore.CHUNK_BYTES
-    # big2d: 3 MiB in 12 pieces; long1d: 2.4 MB in 10; wide_rows: one row per unit (a row is
-    # larger than a piece); scalar, ints, flags, halves: a unit each; empty: none; and one
+    # big2d: 3 MiB and long1d: 2.4 MB in pieces of CHUNK_BYTES; wide_rows: one row per unit
+    # (a row is larger than a piece); scalar, ints, flags, halves: a unit each; empty: none; and one
     # unit allocates them all (one bank).
     pieces = -(-3072 * 256 * 4 // chunk) + -(-300_000 * 8 // chunk) + 2
     assert info.units == 1 + pieces + 4
