@@ -94,6 +94,7 @@ class LoadOptions:
     resource_preserving: bool = False
     signature_check: SignatureCheck = "used"
     load_thread_nice: int = 5
+    load_busy_cpu_share: float = 1.0
     publish_gate: PublishGate | None = None
 
 

@@ -30,6 +30,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
 from app import errors
+from app.core import pacing
 from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
@@ -236,6 +237,7 @@ class SavedModelServable:
                 logger.debug("callable of signature %s not made at load: %r", name, exc)
                 continue
             made += 1
+            pacing.pace()
         return made
 
     def _remember(self, signature: str, inputs: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,88 @@
+"""Load pacing: a load sleeps between its units while requests are in flight, in proportion to
+the work it just did; never when idle, never outside a load thread (app.core.pacing)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.core import pacing
+from app.core.pacing import MAX_PAUSE, Pacer, paced
+from app.core.priority import LoadPriority
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_busy_sleeps_in_proportion_to_the_unit() -> None:
+    p = Pacer(0.25, lambda: True)
+    spin(0.004)
+    p.pace()
+    assert p.units == 1
+    assert p.longest >= 0.004
+    # share 1/4: three times the work is given back as sleep
+    assert p.slept == pytest.approx(p.longest * 3)
+
+
+def test_idle_or_unpaced_never_sleeps() -> None:
+    for pacer in (Pacer(0.05, lambda: False), Pacer(1.0, lambda: True)):
+        spin(0.002)
+        pacer.pace()
+        pacer.pace()
+        assert pacer.units == 2
+        assert pacer.slept == 0.0
+
+
+def test_one_pause_is_capped() -> None:
+    p = Pacer(0.001, lambda: True)
+    spin(0.002)  # would ask for ~2 s of sleep
+    p.pace()
+    assert p.slept == MAX_PAUSE
+
+
+def test_share_out_of_range_is_refused() -> None:
+    for share in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            Pacer(share, lambda: True)
+
+
+def test_pace_belongs_to_the_thread_that_runs_the_load() -> None:
+    p = Pacer(1.0, lambda: True)
+    pacing.pace()  # outside a paced block: nothing
+    with paced(p):
+        pacing.pace()
+        other = threading.Thread(target=pacing.pace)  # another thread is not the load's
+        other.start()
+        other.join()
+        pacing.pace()
+    pacing.pace()
+    assert p.units == 2
+
+
+def test_loads_after_the_first_are_paced_while_busy() -> None:
+    busy = [False]
+    priority = LoadPriority(5, share=0.5, busy=lambda: busy[0])
+    seen: list[Pacer | None] = []
+
+    def load() -> None:
+        spin(0.002)
+        pacing.pace()
+        seen.append(getattr(pacing._local, "pacer", None))
+
+    priority.call(load)  # the first load (TensorFlow's pools are made): not paced
+    assert seen[-1] is None
+    busy[0] = True
+    priority.call(load)
+    first = seen[-1]
+    assert first is not None and first.units == 1 and first.slept > 0
+    priority_inline = LoadPriority(0, share=0.5, busy=lambda: True)
+    priority_inline.call(load)
+    priority_inline.call(load)  # nice 0 runs in the caller's thread, paced all the same
+    second = seen[-1]
+    assert second is not None and second is not first and second.slept > 0
+    assert getattr(pacing._local, "pacer", None) is None  # the caller's thread is left as is
