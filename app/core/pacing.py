@@ -24,10 +24,14 @@ event loop. `Pacer.busy` is read there without a lock (an int read under the GIL
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,16 @@ class Pacer:
         self.units = 0
         self.longest = 0.0
         self.slept = 0.0
+        self.idle = 0
+
+    def busy(self) -> bool:
+        return self._share < 1.0 and self._busy()
+
+    def idle_unit(self) -> None:
+        """Count a unit that ran in serving's idle time (`indivisible`): no sleep."""
+        self.units += 1
+        self.idle += 1
+        self._mark = time.perf_counter()
 
     def pace(self) -> None:
         """End one unit of work: sleep if serving is busy (see module docstring)."""
@@ -74,6 +88,44 @@ def pace() -> None:
     pacer: Pacer | None = getattr(_local, "pacer", None)
     if pacer is not None:
         pacer.pace()
+
+
+def indivisible(fn: Callable[..., T], *args: object) -> T:
+    """Run `fn(*args)`, one unit that cannot be cut (a graph import, making a callable), so
+    that serving takes the core from it the moment a serving thread wakes; then `pace()`.
+
+    Inside a paced load while requests are in flight, `fn` runs on a fresh thread under
+    SCHED_IDLE (Linux), which the kernel preempts at once for any normal thread that wakes (a
+    niced thread it lets run until its slice ends, ~4-5 ms here); the thread ends with the
+    unit, since an unprivileged thread may not leave SCHED_IDLE again. Elsewhere, or where
+    SCHED_IDLE is refused, `fn` runs in the calling thread. The price: on a saturated core the
+    unit waits for idle moments, so keep it for short units (milliseconds of CPU). Exceptions
+    propagate. Blocks; call it from the loading thread."""
+    pacer: Pacer | None = getattr(_local, "pacer", None)
+    if pacer is None or not hasattr(os, "SCHED_IDLE") or not pacer.busy():
+        result = fn(*args)
+        pace()
+        return result
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:  # a seccomp profile may forbid it: run at the caller's priority
+            log.debug("SCHED_IDLE refused: %s", exc)
+        try:
+            outcome.append(fn(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="hotserve-load-unit", daemon=True)
+    thread.start()
+    thread.join()
+    pacer.idle_unit()  # it ran only when serving left the core idle: no debt to sleep off
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 @contextmanager

@@ -232,12 +232,11 @@ class SavedModelServable:
             if not sigdef.inputs:
                 continue
             try:
-                self._make_feed((name, frozenset(sigdef.inputs)))
+                pacing.indivisible(self._make_feed, (name, frozenset(sigdef.inputs)))
             except Exception as exc:  # never fails a load: the request will say what is wrong
                 logger.debug("callable of signature %s not made at load: %r", name, exc)
                 continue
             made += 1
-            pacing.pace()
         return made
 
     def _remember(self, signature: str, inputs: dict[str, np.ndarray]) -> None:
@@ -387,7 +386,9 @@ def _load_meta_graph(session: Any, tags: list[str], path: Path) -> Any:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
 
     try:
-        return tf.compat.v1.saved_model.loader.load(InlineRuns(session), tags, str(path))
+        return pacing.indivisible(
+            tf.compat.v1.saved_model.loader.load, InlineRuns(session), tags, str(path)
+        )
     except tf.errors.OpError as exc:
         raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:

@@ -3,6 +3,7 @@ the work it just did; never when idle, never outside a load thread (app.core.pac
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -86,3 +87,30 @@ def test_loads_after_the_first_are_paced_while_busy() -> None:
     second = seen[-1]
     assert second is not None and second is not first and second.slept > 0
     assert getattr(pacing._local, "pacer", None) is None  # the caller's thread is left as is
+
+
+def policy() -> tuple[int, int]:
+    return threading.get_native_id(), os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_an_indivisible_unit_runs_under_sched_idle_only_while_busy() -> None:
+    me = threading.get_native_id()
+    busy = [True]
+    p = Pacer(0.05, lambda: busy[0])
+    with paced(p):
+        tid, pol = pacing.indivisible(policy)
+        assert tid != me and pol == os.SCHED_IDLE  # a fresh thread, preempted by any waker
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the loading thread is left as is
+        assert (p.units, p.idle, p.slept) == (1, 1, 0.0)  # idle time owes no sleep
+        busy[0] = False
+        assert pacing.indivisible(policy) == (me, os.sched_getscheduler(0))
+        assert p.units == 2
+
+        def boom(x: int) -> None:
+            raise ValueError(f"bad {x}")
+
+        busy[0] = True
+        with pytest.raises(ValueError, match="bad 7"):
+            pacing.indivisible(boom, 7)
+    assert pacing.indivisible(policy) == (me, os.sched_getscheduler(0))  # outside a load
