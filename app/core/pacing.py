@@ -91,38 +91,51 @@ def pace() -> None:
 
 
 def indivisible(fn: Callable[..., T], *args: object) -> T:
-    """Run `fn(*args)`, one unit that cannot be cut (a graph import, making a callable), so
-    that serving takes the core from it the moment a serving thread wakes; then `pace()`.
+    """Run `fn(*args)`, one unit of a load that cannot be cut (a graph import, making a
+    callable), so that serving takes the core from it the moment a serving thread wakes.
 
-    Inside a paced load while requests are in flight, `fn` runs on a fresh thread under
-    SCHED_IDLE (Linux), which the kernel preempts at once for any normal thread that wakes (a
-    niced thread it lets run until its slice ends, ~4-5 ms here); the thread ends with the
-    unit, since an unprivileged thread may not leave SCHED_IDLE again. Elsewhere, or where
-    SCHED_IDLE is refused, `fn` runs in the calling thread. The price: on a saturated core the
-    unit waits for idle moments, so keep it for short units (milliseconds of CPU). Exceptions
-    propagate. Blocks; call it from the loading thread."""
+    Inside a paced load while requests are in flight, `fn` runs under `run_idle`: the time it
+    took was serving's idle time, so no sleep follows. Elsewhere `fn` runs in the calling
+    thread, then `pace()`. Exceptions propagate. Blocks; call it from the loading thread."""
     pacer: Pacer | None = getattr(_local, "pacer", None)
-    if pacer is None or not hasattr(os, "SCHED_IDLE") or not pacer.busy():
+    if pacer is None or not pacer.busy():
         result = fn(*args)
         pace()
         return result
+    try:
+        return run_idle(fn, *args)
+    finally:
+        pacer.idle_unit()
+
+
+def run_idle(fn: Callable[..., T], *args: object) -> T:
+    """Run `fn(*args)` on a fresh thread under SCHED_IDLE (Linux) and wait for it.
+
+    The kernel preempts a SCHED_IDLE thread at once for any normal thread that wakes, where a
+    niced thread runs on until its slice ends (~4-5 ms on this kernel: EEVDF, HZ=250), so the
+    serving threads never wait behind `fn` for the core (the GIL they still share: Python code
+    in `fn` gives it up within the switch interval). The thread ends with `fn`, since an
+    unprivileged thread may not leave SCHED_IDLE again. Where SCHED_IDLE is missing or refused,
+    `fn` runs at the new thread's inherited priority. The price: on a saturated core `fn` waits
+    for idle moments, so use it for short work (milliseconds of CPU). Exceptions propagate.
+    Blocks; call it from a worker thread, never the event loop."""
     outcome: list[T] = []
     failure: list[BaseException] = []
 
     def run() -> None:
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as exc:  # a seccomp profile may forbid it: run at the caller's priority
-            log.debug("SCHED_IDLE refused: %s", exc)
+        if hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            except OSError as exc:  # e.g. a seccomp profile forbids it
+                log.debug("SCHED_IDLE refused: %s", exc)
         try:
             outcome.append(fn(*args))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="hotserve-load-unit", daemon=True)
+    thread = threading.Thread(target=run, name="hotserve-idle", daemon=True)
     thread.start()
     thread.join()
-    pacer.idle_unit()  # it ran only when serving left the core idle: no debt to sleep off
     if failure:
         raise failure[0]
     return outcome[0]

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.core.pacing import Pacer, paced
+from app.core.pacing import Pacer, paced, run_idle
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,14 @@ class LoadPriority:
                     pacer.longest * 1e3,
                     pacer.slept,
                 )
+
+    def idle(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` (short work beside a swap: closing the old version's session,
+        trimming the heap) where it cannot delay requests: under SCHED_IDLE
+        (`pacing.run_idle`) while they are in flight, else in the calling thread. Blocks."""
+        if self._share < 1.0 and self._busy():
+            return run_idle(fn, *args)
+        return fn(*args)
 
     def _niced(self, pacer: Pacer, fn: Callable[..., T], *args: object) -> T:
         outcome: list[T] = []

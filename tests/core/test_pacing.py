@@ -114,3 +114,17 @@ def test_an_indivisible_unit_runs_under_sched_idle_only_while_busy() -> None:
         with pytest.raises(ValueError, match="bad 7"):
             pacing.indivisible(boom, 7)
     assert pacing.indivisible(policy) == (me, os.sched_getscheduler(0))  # outside a load
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_unload_work_runs_idle_only_while_requests_are_in_flight() -> None:
+    me = threading.get_native_id()
+    busy = [True]
+    priority = LoadPriority(5, share=0.05, busy=lambda: busy[0])
+    tid, pol = priority.idle(policy)
+    assert tid != me and pol == os.SCHED_IDLE
+    busy[0] = False
+    assert priority.idle(policy) == (me, os.sched_getscheduler(0))
+    busy[0] = True
+    unpaced = LoadPriority(5, share=1.0, busy=lambda: True)
+    assert unpaced.idle(policy) == (me, os.sched_getscheduler(0))
