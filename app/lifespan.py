@@ -81,6 +81,7 @@ def load_options(settings: Settings) -> LoadOptions:
         resource_preserving=settings.load_policy == "resource_preserving",
         signature_check=check,
         load_thread_nice=settings.load_thread_nice,
+        load_busy_cpu_share=settings.load_busy_cpu_share,
     )
 
 

@@ -259,6 +259,15 @@ class Settings(BaseSettings):
         description="nice increment of the thread that loads and warms up a version (Linux), so "
         "serving wins the CPU during a hot swap; 0 = normal priority",
     )
+    load_busy_cpu_share: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=1.0,
+        description="while requests are in flight, the share of a core a version load and "
+        "warmup may take: the load sleeps between sub-millisecond units of work so requests "
+        "never wait behind it (a busy server loads slower, an idle one at full speed); 1 = "
+        "unpaced",
+    )
     access_log: bool = Field(
         default=False,
         description="log one line per request (off by default, like TF Serving: it costs "

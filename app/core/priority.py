@@ -17,6 +17,9 @@ thread waiting for the GIL gets it only when the holder has had it for a switch 
 niced holder on a busy core, serving threads waited up to 5 ms (plus the time the niced thread
 needed to be scheduled to give it up) at every swap.
 
+Each call is also paced (app.core.pacing): while requests are in flight the load sleeps
+between its units of work, so it takes at most `share` of the core in short pieces.
+
 Thread contract: `call` blocks; call it from a worker thread (the load limiter), never the loop.
 """
 
@@ -28,6 +31,8 @@ import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
+
+from app.core.pacing import Pacer, paced, run_idle
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +70,14 @@ _SWITCH = _SwitchInterval()
 class LoadPriority:
     """Shared by every model of one server: remembers whether TensorFlow's pools exist yet."""
 
-    def __init__(self, increment: int) -> None:
+    def __init__(
+        self, increment: int, share: float = 1.0, busy: Callable[[], bool] = lambda: False
+    ) -> None:
+        """`increment`: nice increment of the loading thread; `share`/`busy`: its Pacer's
+        (the fraction of the core a load may take while `busy()`, 1 = unpaced)."""
         self._increment = increment if hasattr(os, "setpriority") else 0
+        self._share = share
+        self._busy = busy
         self._primed = False
         self._lock = threading.Lock()
 
@@ -74,8 +85,33 @@ class LoadPriority:
         with self._lock:
             first = not self._primed
             self._primed = True
-        if first or self._increment <= 0:
+        if first:
             return fn(*args)
+        pacer = Pacer(self._share, self._busy)
+        try:
+            if self._increment <= 0:
+                with paced(pacer):
+                    return fn(*args)
+            return self._niced(pacer, fn, *args)
+        finally:
+            if pacer.slept:
+                log.debug(
+                    "paced %s: %d units, longest %.2f ms, slept %.2f s",
+                    getattr(fn, "__qualname__", fn),
+                    pacer.units,
+                    pacer.longest * 1e3,
+                    pacer.slept,
+                )
+
+    def idle(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` (short work beside a swap: closing the old version's session,
+        trimming the heap) where it cannot delay requests: under SCHED_IDLE
+        (`pacing.run_idle`) while they are in flight, else in the calling thread. Blocks."""
+        if self._share < 1.0 and self._busy():
+            return run_idle(fn, *args)
+        return fn(*args)
+
+    def _niced(self, pacer: Pacer, fn: Callable[..., T], *args: object) -> T:
         outcome: list[T] = []
         failure: list[BaseException] = []
 
@@ -85,7 +121,8 @@ class LoadPriority:
             except OSError as exc:  # e.g. a seccomp profile forbids it: load at normal priority
                 log.debug("could not lower the load thread's priority: %s", exc)
             try:
-                outcome.append(fn(*args))
+                with paced(pacer):
+                    outcome.append(fn(*args))
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 

@@ -50,18 +50,29 @@ EMPTY = Snapshot(models={})
 
 
 class Lease:
-    """A pinned version: the refcount stays raised until the lease is released."""
+    """A pinned version: the refcount stays raised until the lease is released.
+
+    `Lease.held` counts the leases held in this process (requests and shadow calls in flight,
+    queued or running): loads are paced while it is above zero (app.core.pacing). Changed on
+    the loop thread only; read from the loading thread as a plain int."""
 
     __slots__ = ("version",)
+    held = 0
+
+    @staticmethod
+    def busy() -> bool:
+        return Lease.held > 0
 
     def __init__(self, version: ModelVersion) -> None:
         self.version = version
+        Lease.held += 1
         version.refcount += 1
         if version.refcount == 1:
             version.idle = anyio.Event()
 
     def release(self) -> None:
         v = self.version
+        Lease.held -= 1
         v.refcount -= 1
         if v.refcount == 0:
             v.idle.set()
@@ -85,7 +96,9 @@ class Registry:
         self._load_limiter = load_limiter
         self._options = options
         self._release_memory = release_memory or (lambda: None)
-        self._priority = LoadPriority(options.load_thread_nice)
+        self._priority = LoadPriority(
+            options.load_thread_nice, options.load_busy_cpu_share, Lease.busy
+        )
         self._observe = observe  # called with every version state change (app.control.events)
         self._snapshot: Snapshot = EMPTY
         self._models: dict[str, ModelState] = {}

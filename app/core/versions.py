@@ -94,6 +94,7 @@ class LoadOptions:
     resource_preserving: bool = False
     signature_check: SignatureCheck = "used"
     load_thread_nice: int = 5
+    load_busy_cpu_share: float = 1.0
     publish_gate: PublishGate | None = None
 
 
@@ -196,7 +197,8 @@ class VersionWork:
 
     async def release(self, mv: ModelVersion, drained: bool) -> None:
         await mv.runner.close(timeout=self._options.drain_timeout_seconds)
+        idle = self._priority.idle
         if drained:
-            await to_thread.run_sync(mv.servable.unload, limiter=self._limiter)
+            await to_thread.run_sync(idle, mv.servable.unload, limiter=self._limiter)
         mv.cache.clear()
-        await to_thread.run_sync(self._release_memory, limiter=self._limiter)
+        await to_thread.run_sync(idle, self._release_memory, limiter=self._limiter)

@@ -1,4 +1,4 @@
-"""Restore a SavedModel's variables in small units, calling `pace()` between them.
+"""Restore a SavedModel's variables in small units, calling `pacing.pace()` between them.
 
 TF's restore (`Saver.restore`: one RestoreV2 op, then one assign per variable) reads every
 variable whole in one uninterruptible op: hundreds of ms of CPU for a 1 GiB variable, which the
@@ -6,8 +6,8 @@ kernel lets the (niced) loading thread hold in ~5 ms stretches while serving wai
 core. Here the same bytes go into the same variables in units of at most `CHUNK_BYTES`: each
 unit reads a piece of the checkpoint (app.runtime.checkpoint, not RestoreV2: asked for a slice
 of a tensor stored whole, RestoreV2 reads the whole tensor each time), extends the tensor's
-CRC32C and writes the piece into the variable with a strided-slice assign; `pace()` runs
-between units, so whoever paces the load can give the core back to serving.
+CRC32C and writes the piece into the variable with a strided-slice assign; app.core.pacing's
+`pace()` runs between units, so the load's pacer can give the core back to serving.
 
 Which graphs: see app.runtime.restore_plan (TF1 savers and TF2 traced restore functions with
 every entry stored whole, numeric, of the variable's dtype and shape). Anything else (V1
@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from app.core import pacing
 from app.runtime import checkpoint
 from app.runtime.restore_plan import Target, Unsupported, plan
 
@@ -103,6 +104,7 @@ class _Bank:
             picked = raw.Switch(data=self.values[target.dtype], pred=tf.equal(self.index, i))[1]
             if not target.shape:
                 self.fetches.append(_assign(target, tf.reshape(picked, [])))
+                pacing.pace()
                 continue
             shape = tf.constant(list(target.shape), tf.int32)
             empty = raw.Empty(
@@ -119,6 +121,7 @@ class _Bank:
                     ref=target.var, begin=self.begin, end=self.end, strides=strides, value=rows
                 ).op
             self.fetches.append(put)
+            pacing.pace()  # building ops is Python work too: ~10 per variable
 
     def callable(self, session: Any) -> Callable[..., Any]:
         """The bank's one callable (one executor), run in the calling thread (RunOptions
@@ -157,33 +160,36 @@ def _no_run(*args: Any) -> None:
 
 
 class _Writer:
-    """Writes banks unit by unit: times each unit (wall, this thread, without the pace) into
-    `info` and calls `pace()` after each. One thread."""
+    """Writes banks unit by unit: times each unit (wall, without the pace) into `info` and
+    calls `pacing.pace()` after each. One thread."""
 
-    def __init__(
-        self, files: checkpoint.DataFiles, pace: Callable[[], None], info: RestoreInfo
-    ) -> None:
+    def __init__(self, files: checkpoint.DataFiles, info: RestoreInfo) -> None:
         self._files = files
         self._run: Callable[..., Any] = _no_run
-        self._pace = pace
         self._info = info
         self._buffer = bytearray(CHUNK_BYTES)  # reused by every piece but rank-0 ones
         self._started = time.perf_counter()
 
     def _unit(self, args: list[Any]) -> None:
         self._run(*args)
+        self._done()
+        pacing.pace()
+        self._started = time.perf_counter()
+
+    def _done(self) -> None:
         took = time.perf_counter() - self._started
         self._info.units += 1
         self._info.unit_times.append(took)
         self._info.longest_unit = max(self._info.longest_unit, took)
-        self._pace()
-        self._started = time.perf_counter()
 
     def bank(self, bank: _Bank, session: Any) -> None:
         """Allocate every variable of the bank (one unit), then write each in pieces of at
         most CHUNK_BYTES (a row larger than that: a piece alone), one piece a unit."""
         self._started = time.perf_counter()
-        self._run = bank.callable(session)
+        # A new executor, built in one piece (see _Bank): an indivisible unit; it paces.
+        self._run = pacing.indivisible(bank.callable, session)
+        self._done()
+        self._started = time.perf_counter()
         self._unit(bank.args(-1, None, 0, 0))
         for index, target in enumerate(bank.targets):
             if not target.shape:
@@ -223,16 +229,15 @@ def restore(
     saver: Any,
     prefix: Path,
     *,
-    pace: Callable[[], None],
     fallback: Callable[[], None],
 ) -> RestoreInfo:
     """Restore the variables `saver` restores from checkpoint `prefix` (".../variables/
     variables") into `session`'s graph, in units (see the module docstring), or with
     `fallback()` (TF's restore) when the graph or checkpoint is not one handled here.
 
-    Units run in this thread; `pace()` is called after every unit. Adds ops to the graph: call
-    before it is finalized. Raises checkpoint.DataLoss for damaged data, tf.errors.OpError
-    from a run.
+    Units run in this thread, each followed by `pacing.pace()`; making a bank's callable (a new
+    executor) is `pacing.indivisible`. Adds ops to the graph: call before it is finalized.
+    Raises checkpoint.DataLoss for damaged data, tf.errors.OpError from a run.
     """
     if saver is None:
         fallback()
@@ -249,9 +254,8 @@ def restore(
     info.bytes = sum(t.entry.size for t in targets)
     with graph.as_default(), tf.name_scope("hotserve_restore"):
         banks = [_Bank(targets[i : i + BANK]) for i in range(0, len(targets), BANK)]
-    pace()
     with checkpoint.DataFiles(bundle) as files:
-        writer = _Writer(files, pace, info)
+        writer = _Writer(files, info)
         for bank in banks:
             writer.bank(bank, session)
     return info

@@ -32,6 +32,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from app import errors
+from app.core import pacing
 from app.core.layout import saved_model_file
 from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
@@ -243,7 +244,7 @@ class SavedModelServable:
             if not sigdef.inputs:
                 continue
             try:
-                self._make_feed((name, frozenset(sigdef.inputs)))
+                pacing.indivisible(self._make_feed, (name, frozenset(sigdef.inputs)))
             except Exception as exc:  # never fails a load: the request will say what is wrong
                 logger.debug("callable of signature %s not made at load: %r", name, exc)
                 continue
@@ -299,10 +300,6 @@ def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None
         )
 
 
-def _no_pace() -> None:
-    """The default pace: never wait."""
-
-
 class SavedModelLoader:
     """Loads a version directory into a `SavedModelServable` (implements core's Loader)."""
 
@@ -322,12 +319,12 @@ class SavedModelLoader:
             os.environ.get("GLIBC_TUNABLES") or "(unset)",
         )
 
-    def load(self, path: Path, pace: Callable[[], None] = _no_pace) -> SavedModelServable:
+    def load(self, path: Path) -> SavedModelServable:
         """Load the SavedModel in `path`. Raises app.errors.LoadError with a TF code.
 
-        `pace()` is called between small units of the load's work (after the graph import,
-        after every restore unit of at most restore.CHUNK_BYTES, after the init ops), in this
-        thread: a pacer may sleep there to leave the core to serving."""
+        The work is cut into units of a paced load (app.core.pacing, the calling thread's
+        pacer): the graph import, each restore unit of at most restore.CHUNK_BYTES, the init
+        ops, each callable."""
         _check_layout(path)
         start = time.monotonic()
         config = config_pb2.ConfigProto(
@@ -337,7 +334,7 @@ class SavedModelLoader:
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:
-            meta_graph, restored = _load_meta_graph(session, self._tags, path, pace)
+            meta_graph, restored = _load_meta_graph(session, self._tags, path)
             # Nothing may add ops after loading: keeps the graph safe to share across threads.
             graph.finalize()
         except BaseException:
@@ -402,11 +399,9 @@ class InlineRuns:
         return getattr(self._session, name)
 
 
-def _load_meta_graph(
-    session: Any, tags: list[str], path: Path, pace: Callable[[], None]
-) -> tuple[Any, RestoreInfo]:
+def _load_meta_graph(session: Any, tags: list[str], path: Path) -> tuple[Any, RestoreInfo]:
     """TF's `loader.load` in its steps (import the graph, restore, run the init ops), with the
-    restore in paced units (app.runtime.restore) and `pace()` between the steps."""
+    restore in paced units (app.runtime.restore)."""
 
     def fail(detail: str, code: errors.Code) -> errors.LoadError:
         return errors.LoadError(f"Failed to load SavedModel at {path}: {detail}", code)
@@ -414,18 +409,17 @@ def _load_meta_graph(
     runs = InlineRuns(session)
     try:
         loader = loader_impl.SavedModelLoader(str(path))
+        # A graph import, TF's own restore and the init ops' run (a new executor) cannot be
+        # cut: each is one indivisible unit of the paced load (app.core.pacing).
+        saver, _ = pacing.indivisible(loader.load_graph, session.graph, tags)
         with session.graph.as_default():
-            saver, _ = loader.load_graph(session.graph, tags)
-            pace()
             info = restore_mod.restore(
                 session,
                 saver,
                 path / "variables" / "variables",  # the loader's checkpoint prefix
-                pace=pace,
-                fallback=lambda: loader.restore_variables(runs, saver),
+                fallback=lambda: pacing.indivisible(loader.restore_variables, runs, saver),
             )
-            loader.run_init_ops(runs, tags)
-            pace()
+        pacing.indivisible(loader.run_init_ops, runs, tags)
         return loader.get_meta_graph_def_from_tags(tags), info
     except checkpoint.DataLoss as exc:
         raise fail(str(exc), errors.Code.DATA_LOSS) from exc

@@ -3,7 +3,8 @@
 `replay` runs the PredictionLog records of `<version>/assets.extra/tf_serving_warmup_requests`
 (a TFRecord file) against a freshly loaded servable; any bad or failing record raises
 app.errors.LoadError so the version never becomes AVAILABLE. `run_synthetic` is hotserve's own
-fallback for models without a warmup file. Both block: call them from a worker thread.
+fallback for models without a warmup file. Both block: call them from a worker thread. Each
+model call is one unit of a paced load (app.core.pacing): it may sleep after it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from app import errors
+from app.core import pacing
 from app.core.types import Signature, TensorSpec
 from app.runtime import examples as examples_mod
 
@@ -147,6 +149,7 @@ def _run(servable: _Runnable, signature: str, inputs: dict[str, np.ndarray], wha
         servable.run(signature, inputs)
     except errors.HotserveError as exc:
         raise errors.LoadError(f"Failed {what}: {exc.message}", exc.code) from None
+    pacing.pace()  # each warmup call is one unit of a paced load
 
 
 def run_synthetic(servable: _Runnable, seen: Seen = _ignore) -> int:
@@ -205,6 +208,7 @@ def run_batch_sizes(
                 )
                 break
             ran.add(rows)
+            pacing.pace()
     return len(ran)
 
 

@@ -62,7 +62,6 @@ def measure(path: Path, method: str, chunk: int, bank: int) -> dict[str, float]:
                 session,
                 saver,
                 path / "variables" / "variables",
-                pace=lambda: None,
                 fallback=lambda: loader.restore_variables(runs, saver),
             )
             assert info.how == "chunked", info.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.registry import Lease
 from app.core.types import VersionPolicy, VersionState, VersionStatus
 from app.errors import InvalidArgument, NotFound
 from tests.fakes import Driver, Script, ScriptedLoader, model, until
@@ -18,10 +19,13 @@ async def test_acquire_resolves_latest_version_and_label() -> None:
         await d.offer("m", 1, 2)
         await until(lambda: d.states("m") == {2: "AVAILABLE", 1: "AVAILABLE"})
         reg = d.registry
+        held = Lease.held
         with reg.acquire("m") as latest, reg.acquire("m", 1) as one:
             assert (latest.id.version, one.id.version) == (2, 1)
             assert (latest.refcount, one.refcount) == (1, 1)
+            assert Lease.held == held + 2 and Lease.busy()  # loads are paced meanwhile
         assert (latest.refcount, one.refcount) == (0, 0)
+        assert Lease.held == held
         with reg.acquire("m", label="stable") as mv:
             assert mv.id.version == 1
         with pytest.raises(NotFound, match=r"Servable not found for request: Specific\(m, 3\)"):
