@@ -121,6 +121,9 @@ def _target(
         graph_shape = tf.TensorShape(var.op.get_attr("shape"))
     else:
         graph_shape = var.shape
+    if not graph_shape.is_fully_defined():
+        # A variable made with validate_shape=False, or a TF2 one of unknown shape.
+        raise Unsupported(f"{key}'s variable has no static shape ({graph_shape})")
     entry = bundle.entries.get(key)
     if entry is None:
         raise Unsupported(f"{key} is not in the checkpoint")

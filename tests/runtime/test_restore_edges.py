@@ -1,0 +1,134 @@
+"""Edge cases of the chunked restore (app.runtime.restore) against TF's own restore, on the
+models of tests/runtime/restore_edge_models.py: every numeric dtype, many banks, variables of
+unknown shape, saveables (hash tables), damaged or half-copied versions."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from app import errors
+from app.runtime.saved_model import SavedModelLoader
+from tests.runtime.test_restore import _restore_tf, _same_as_tf
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def edge_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("restore_edge_models")
+    subprocess.run(
+        [sys.executable, str(HERE / "restore_edge_models.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def test_every_numeric_dtype_restores_in_units_like_tf(edge_models: Path) -> None:
+    info, units = _same_as_tf(edge_models / "dtypes" / "1")
+    assert info.how == "chunked", info.reason
+    assert info.tensors == 24
+    assert units > 24
+
+
+def test_many_variables_in_several_banks_like_tf(edge_models: Path) -> None:
+    info, _ = _same_as_tf(edge_models / "many" / "1")
+    assert info.how == "chunked", info.reason
+    assert info.tensors == 150
+
+
+@pytest.mark.parametrize("name", ["unknown_shape", "tf2_unknown_shape"])
+def test_a_variable_of_unknown_shape_restores_like_tf(edge_models: Path, name: str) -> None:
+    _same_as_tf(edge_models / name / "1")
+    servable = SavedModelLoader().load(edge_models / name / "1")
+    servable.unload()
+
+
+@pytest.mark.parametrize("name", ["table", "tf2_table"])
+def test_a_hash_table_falls_back_to_tfs_restore(edge_models: Path, name: str) -> None:
+    info, _ = _same_as_tf(edge_models / name / "1")
+    assert info.how == "tf"
+    servable = SavedModelLoader().load(edge_models / name / "1")
+    try:
+        out = servable.run("serving_default", {"x": tf.constant([0.0]).numpy()})
+        assert out["y"].shape == (1,)
+    finally:
+        servable.unload()
+
+
+def _tf_load_error(path: Path) -> tf.errors.OpError | Exception:
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        try:
+            tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        except Exception as exc:
+            return exc
+    raise AssertionError("TF loaded a damaged version")
+
+
+def test_a_missing_data_file_fails_like_tf(edge_models: Path, tmp_path: Path) -> None:
+    path = tmp_path / "1"
+    shutil.copytree(edge_models / "many" / "1", path)
+    (path / "variables" / "variables.data-00000-of-00001").unlink()
+    expected = _tf_load_error(path)
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert isinstance(expected, tf.errors.OpError)
+    assert info.value.code == errors.code_name(expected.error_code)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.97])
+def test_a_truncated_index_fails_like_tf(edge_models: Path, tmp_path: Path, keep: float) -> None:
+    path = tmp_path / "1"
+    shutil.copytree(edge_models / "many" / "1", path)
+    index = path / "variables" / "variables.index"
+    raw = index.read_bytes()
+    index.write_bytes(raw[: int(len(raw) * keep)])
+    expected = _tf_load_error(path)
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    code = (
+        errors.code_name(expected.error_code)
+        if isinstance(expected, tf.errors.OpError)
+        else expected
+    )
+    assert info.value.code == code
+
+
+def test_a_garbage_index_fails_like_tf(edge_models: Path, tmp_path: Path) -> None:
+    path = tmp_path / "1"
+    shutil.copytree(edge_models / "many" / "1", path)
+    index = path / "variables" / "variables.index"
+    index.write_bytes(bytes(range(256)) * 4)
+    expected = _tf_load_error(path)
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert isinstance(expected, tf.errors.OpError)
+    assert info.value.code == errors.code_name(expected.error_code)
+
+
+def test_tf_restore_reference_still_loads(edge_models: Path) -> None:
+    # Sanity: the reference restore itself reads every model.
+    assert _restore_tf(edge_models / "dtypes" / "1")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_a_truncated_data_file_fails_like_tf(
+    edge_models: Path, tmp_path: Path, keep: float
+) -> None:
+    path = tmp_path / "1"
+    shutil.copytree(edge_models / "dtypes" / "1", path)
+    data = path / "variables" / "variables.data-00000-of-00001"
+    raw = data.read_bytes()
+    data.write_bytes(raw[: int(len(raw) * keep)])
+    expected = _tf_load_error(path)
+    with pytest.raises(errors.LoadError) as info:
+        SavedModelLoader().load(path)
+    assert isinstance(expected, tf.errors.OpError)
+    assert info.value.code == errors.code_name(expected.error_code), expected.message
