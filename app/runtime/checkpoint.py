@@ -39,6 +39,7 @@ test runs, so ratios matter), TF's one-op restore against app.runtime.restore at
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -168,7 +169,24 @@ def read_index(prefix: Path) -> Bundle:
 
 
 class DataLoss(Exception):
-    """A tensor's bytes are missing, short or fail their checksum (TF's DATA_LOSS)."""
+    """A tensor's bytes are missing, short or fail their checksum. `code` is the status
+    RestoreV2 gives for the same damage (TF's tensor_bundle.cc): DATA_LOSS for a checksum
+    mismatch, OUT_OF_RANGE for a short data file ("Read less bytes than requested"), the
+    errno's code for a data file it cannot open (NOT_FOUND for a missing one)."""
+
+    def __init__(self, message: str, code: str = "DATA_LOSS") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Errno -> TF code for a data file that cannot be opened (TF's ErrnoToCode, the common ones).
+_OPEN_CODES = {
+    errno.ENOENT: "NOT_FOUND",
+    errno.ENOTDIR: "FAILED_PRECONDITION",
+    errno.EACCES: "PERMISSION_DENIED",
+    errno.EPERM: "PERMISSION_DENIED",
+    errno.EISDIR: "FAILED_PRECONDITION",
+}
 
 
 class DataFiles:
@@ -203,7 +221,9 @@ class DataFiles:
             try:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as exc:
-                raise DataLoss(f"Cannot open {path} to restore tensor {key}: {exc}") from None
+                code = _OPEN_CODES.get(exc.errno or 0, "UNKNOWN")
+                message = f"Cannot open {path} to restore tensor {key}: {exc}"
+                raise DataLoss(message, code) from None
             self._fds[entry.shard_id] = fd
         done = 0
         while done < len(out):
@@ -211,7 +231,8 @@ class DataFiles:
             if got <= 0:
                 raise DataLoss(
                     f"Read {start + done} of {entry.size} bytes of tensor {key} from {path}: "
-                    "the file is truncated"
+                    "the file is truncated",
+                    "OUT_OF_RANGE",
                 )
             done += got
 

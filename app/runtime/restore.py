@@ -19,7 +19,7 @@ A variable is first given an uninitialized buffer (`Empty(init=False)` assigned:
 that buffer, nothing is touched), then filled along dim 0, rows [a, b) per unit; a row larger
 than `CHUNK_BYTES` is a unit alone; a rank-0 or small variable is one unit. Checksums are
 verified per tensor after its last piece (a failed load is discarded whole); a mismatch, a
-short or missing data file raise checkpoint.DataLoss. Every unit runs a callable made with
+short or missing data file raise checkpoint.DataLoss (with RestoreV2's code). Every unit runs a callable made with
 RunOptions inter_op_thread_pool=-1 (as InlineRuns): in this thread, never TF's shared pool;
 a callable also skips session.run's per-call fetch/feed handling in Python. What cannot be
 cut: the session's first run (in it TF builds its execution state from the whole graph and

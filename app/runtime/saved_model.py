@@ -422,7 +422,7 @@ def _load_meta_graph(session: Any, tags: list[str], path: Path) -> tuple[Any, Re
         pacing.indivisible(loader.run_init_ops, runs, tags)
         return loader.get_meta_graph_def_from_tags(tags), info
     except checkpoint.DataLoss as exc:
-        raise fail(str(exc), errors.Code.DATA_LOSS) from exc
+        raise fail(str(exc), errors.Code(exc.code)) from exc
     except tf.errors.OpError as exc:
         raise fail(op_error_message(exc), errors.code_name(exc.error_code)) from exc
     except (OSError, ValueError) as exc:
