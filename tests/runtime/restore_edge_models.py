@@ -9,6 +9,7 @@ everywhere, so a misplaced byte is seen. Nothing is downloaded.
 - `unknown_shape`: a ref variable made with validate_shape=False (its graph shape is unknown)
   beside a normal one.
 - `table`: a MutableHashTable (a saveable restored by LookupTableImportV2) beside a variable.
+- `custom_saver`: a deferred saver of a subset of the variables under other names.
 - `tf2_unknown_shape`: a TF2 module with a variable of unknown shape.
 - `tf2_table`: a TF2 module holding a MutableHashTable and a variable.
 """
@@ -123,6 +124,47 @@ def table() -> tf.Tensor:
     return tf.reduce_sum(var) + tf.cast(words.lookup(tf.constant("a")), tf.float32)
 
 
+def custom_saver(out: Path) -> None:
+    """A saver of a subset of the variables under other checkpoint names
+    (restoring sequentially); the rest is initialized by the main op; a ref variable read
+    in a TF1 while loop."""
+    rng = np.random.default_rng(27)
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        x = v1.placeholder(tf.float32, [None], name="x")
+        with tf.name_scope("outer"):
+            kept = v1.get_variable(
+                "kept", initializer=tf.constant(rng.standard_normal((600, 70)).astype(np.float32))
+            )
+            loop_var = v1.get_variable(
+                "loop_var",
+                initializer=tf.constant(rng.standard_normal(5).astype(np.float32)),
+                use_resource=False,
+            )
+            fresh = v1.get_variable("fresh", initializer=tf.constant([1.5, 2.5]))
+        _, acc = v1.while_loop(
+            lambda i, a: i < 3, lambda i, a: (i + 1, a + tf.reduce_sum(loop_var)), [0, 0.0]
+        )
+        y = tf.identity(x + tf.reduce_sum(kept) + acc + tf.reduce_sum(fresh), name="y")
+        sess.run(v1.global_variables_initializer())
+        saver = v1.train.Saver(
+            {"renamed/kept": kept, "loop": loop_var}, restore_sequentially=True
+        )
+        info = v1.saved_model.utils.build_tensor_info
+        signature = v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x)}, outputs={"y": info(y)}, method_name="tensorflow/serving/predict"
+        )
+        builder = v1.saved_model.builder.SavedModelBuilder(str(out))
+        builder.add_meta_graph_and_variables(
+            sess,
+            ["serve"],
+            signature_def_map={"serving_default": signature},
+            saver=saver,
+            main_op=v1.variables_initializer([fresh]),
+        )
+        builder.save()
+
+
 def tf2_unknown_shape(out: Path) -> None:
     rng = np.random.default_rng(25)
     module = tf.Module()
@@ -161,6 +203,7 @@ def main(out: Path) -> None:
         ("table", table),
     ]:
         _export(out / name / "1", build)
+    custom_saver(out / "custom_saver" / "1")
     tf2_unknown_shape(out / "tf2_unknown_shape" / "1")
     tf2_table(out / "tf2_table" / "1")
 

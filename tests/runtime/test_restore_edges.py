@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -132,3 +133,28 @@ def test_a_truncated_data_file_fails_like_tf(
         SavedModelLoader().load(path)
     assert isinstance(expected, tf.errors.OpError)
     assert info.value.code == errors.code_name(expected.error_code), expected.message
+
+
+def _tf_answer(path: Path, x: np.ndarray) -> np.ndarray:
+    """`y` for `x` from the model as TF's loader loads it (restore and main op)."""
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        sig = meta.signature_def["serving_default"]
+        return np.asarray(session.run(sig.outputs["y"].name, {sig.inputs["x"].name: x}))
+
+
+def test_a_custom_saver_of_renamed_subset_restores_like_tf(edge_models: Path) -> None:
+    """Only the saver's two variables are restored (in units); the main op initializes the
+    third; the answer is TF's to the bit."""
+    path = edge_models / "custom_saver" / "1"
+    servable = SavedModelLoader().load(path)
+    try:
+        assert servable.restored is not None
+        assert servable.restored.how == "chunked", servable.restored.reason
+        assert servable.restored.tensors == 2
+        x = np.array([0.0, 1.0], np.float32)
+        got = servable.run("serving_default", {"x": x})["y"]
+        assert np.asarray(got).tobytes() == _tf_answer(path, x).tobytes()
+    finally:
+        servable.unload()
