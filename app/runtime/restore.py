@@ -19,13 +19,13 @@ A variable is first given an uninitialized buffer (`Empty(init=False)` assigned:
 that buffer, nothing is touched), then filled along dim 0, rows [a, b) per unit; a row larger
 than `CHUNK_BYTES` is a unit alone; a rank-0 or small variable is one unit. Checksums are
 verified per tensor after its last piece (a failed load is discarded whole); a mismatch, a
-short or missing data file raise checkpoint.DataLoss (with RestoreV2's code). Every unit runs a callable made with
-RunOptions inter_op_thread_pool=-1 (as InlineRuns): in this thread, never TF's shared pool;
-a callable also skips session.run's per-call fetch/feed handling in Python. What cannot be
-cut: the session's first run (in it TF builds its execution state from the whole graph and
-runs its graph optimizer: 10-20 ms for the demo MLP, ~110 ms for a graph holding 48 MiB of
-constants; TF's own restore pays it too) and each further bank's executor (see _Bank).
-Measurements: app.runtime.checkpoint's docstring.
+short or missing data file raise checkpoint.DataLoss (carrying RestoreV2's code for it). Every
+unit runs a callable made with RunOptions inter_op_thread_pool=-1 (as InlineRuns): in this
+thread, never TF's shared pool; a callable also skips session.run's per-call fetch/feed
+handling in Python. What cannot be cut: the session's first run (in it TF builds its
+execution state from the whole graph and runs its graph optimizer: 10-20 ms for the demo MLP,
+~110 ms for a graph holding 48 MiB of constants; TF's own restore pays it too) and each
+further bank's executor (see _Bank). Measurements: app.runtime.checkpoint's docstring.
 """
 
 from __future__ import annotations
