@@ -10,12 +10,14 @@ shared pools is left niced (an unprivileged process cannot raise it back). The v
 runs at normal priority: TensorFlow creates its shared compute threads during the first session,
 and threads inherit their creator's niceness, which would slow every later model call.
 
-While a lowered-priority call runs, the interpreter's switch interval is 1 ms instead of 5 ms
+While a lowered-priority call runs, the interpreter's switch interval is 0.1 ms instead of 5 ms
 (`sys.setswitchinterval`, process-wide, put back when the last such call returns). Why: a load
 runs Python code too (TensorFlow's graph import holds the GIL for its whole Python part), and a
-thread waiting for the GIL gets it only when the holder has had it for a switch interval; with a
-niced holder on a busy core, serving threads waited up to 5 ms (plus the time the niced thread
-needed to be scheduled to give it up) at every swap.
+thread waiting for the GIL gets it only when the holder has had it for a switch interval; a
+load thread preempted by serving (niced, or SCHED_IDLE: app.core.pacing) keeps the GIL it
+holds, so every serving thread that then wants it waits a whole interval. bench_swap, 64 MiB,
+4 swaps each, quiet machine: p99 swap vs steady 1.35x at 1 ms, 1.25x at 0.1 ms, 1.22x at
+0.02 ms (within noise of 0.1 ms, and more GIL hand-offs between serving threads).
 
 Each call is also paced (app.core.pacing): while requests are in flight the load sleeps
 between its units of work, so it takes at most `share` of the core in short pieces.
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LOAD_SWITCH_INTERVAL = 0.001  # seconds; sys.getswitchinterval() while a load runs (see above)
+LOAD_SWITCH_INTERVAL = 0.0001  # seconds; sys.getswitchinterval() while a load runs (see above)
 
 
 class _SwitchInterval:

@@ -52,7 +52,7 @@ def test_a_lowered_priority_call_runs_with_a_short_switch_interval() -> None:
     before = sys.getswitchinterval()
     p = LoadPriority(5)
     assert p.call(sys.getswitchinterval) == before  # the first load: normal priority, as is
-    assert p.call(sys.getswitchinterval) == min(before, LOAD_SWITCH_INTERVAL)
+    assert p.call(sys.getswitchinterval) == pytest.approx(min(before, LOAD_SWITCH_INTERVAL))
     assert sys.getswitchinterval() == before
 
 
@@ -79,5 +79,5 @@ def test_overlapping_loads_restore_the_interval_only_when_the_last_returns() -> 
     seen.append(sys.getswitchinterval())  # the first one still runs
     release.set()
     t.join(10)
-    assert seen == [min(before, LOAD_SWITCH_INTERVAL)] * 2
+    assert seen == pytest.approx([min(before, LOAD_SWITCH_INTERVAL)] * 2)
     assert sys.getswitchinterval() == before
