@@ -147,9 +147,7 @@ def custom_saver(out: Path) -> None:
         )
         y = tf.identity(x + tf.reduce_sum(kept) + acc + tf.reduce_sum(fresh), name="y")
         sess.run(v1.global_variables_initializer())
-        saver = v1.train.Saver(
-            {"renamed/kept": kept, "loop": loop_var}, restore_sequentially=True
-        )
+        saver = v1.train.Saver({"renamed/kept": kept, "loop": loop_var}, restore_sequentially=True)
         info = v1.saved_model.utils.build_tensor_info
         signature = v1.saved_model.signature_def_utils.build_signature_def(
             inputs={"x": info(x)}, outputs={"y": info(y)}, method_name="tensorflow/serving/predict"
