@@ -48,6 +48,8 @@ from pathlib import Path
 import google_crc32c
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
+from app.core.varint import read_varint
+
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two BlockHandles at most 20 bytes each, padded, + 8-byte magic
 _BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
@@ -66,17 +68,11 @@ def mask_crc(crc: int) -> int:
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode a LevelDB varint at `pos`; returns (value, next position)."""
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise Unsupported("bad varint in the checkpoint index")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+    """A LevelDB varint at `pos` (app.core.varint); returns (value, next position)."""
+    try:
+        return read_varint(data, pos)
+    except ValueError:
+        raise Unsupported("bad varint in the checkpoint index") from None
 
 
 def _block(table: bytes, handle: bytes) -> bytes:

@@ -13,25 +13,12 @@ from __future__ import annotations
 import re
 
 from app.core.layout import SAVED_MODEL_FILES
+from app.core.varint import read_varint
 
 INDEX = "variables/variables.index"
 _SHARD = re.compile(r"variables/variables\.data-(\d{5})-of-(\d{5})")
 # Op names a graph with variables holds: it cannot be served without its variables bundle.
 _VARIABLE_OPS = (b"VarHandleOp", b"VariableV2", b"RestoreV2")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode one base-128 varint at `pos`; return (value, next position). Raises ValueError."""
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 def index_shard_count(index_head: bytes) -> int:
@@ -41,9 +28,9 @@ def index_shard_count(index_head: bytes) -> int:
     varints shared=0, unshared=0, value length, then the `BundleHeaderProto` whose field 1
     (varint) is `num_shards` (default 1 when absent). Raises ValueError on anything else.
     """
-    shared, pos = _varint(index_head, 0)
-    unshared, pos = _varint(index_head, pos)
-    length, pos = _varint(index_head, pos)
+    shared, pos = read_varint(index_head, 0)
+    unshared, pos = read_varint(index_head, pos)
+    length, pos = read_varint(index_head, pos)
     if shared or unshared:
         raise ValueError("variables.index does not start with the bundle header")
     header, end = index_head[pos : pos + length], pos + length
@@ -51,14 +38,14 @@ def index_shard_count(index_head: bytes) -> int:
         raise ValueError("variables.index header is truncated")
     shards, at = 1, 0
     while at < len(header):
-        key, at = _varint(header, at)
+        key, at = read_varint(header, at)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, at = _varint(header, at)
+            value, at = read_varint(header, at)
             if field == 1:
                 shards = value
         elif wire == 2:
-            size, at = _varint(header, at)
+            size, at = read_varint(header, at)
             at += size
         else:
             raise ValueError(f"unexpected wire type {wire} in the bundle header")
