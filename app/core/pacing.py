@@ -56,26 +56,26 @@ class Pacer:
             raise ValueError(f"share must be in (0, 1], got {share}")
         self._share = share
         self._busy = busy
-        self._fd = -1  # /proc/thread-self/schedstat of `_tid`, or -1
-        self._tid = 0
+        self._fd = -1  # the loading thread's /proc/thread-self/schedstat (`start`), or -1
         self._mark = self._now()
-        self._wall_mark = time.perf_counter()
         self.units = 0
         self.longest = 0.0
         self.slept = 0.0
         self.idle = 0
 
+    def start(self) -> None:
+        """Bind to the calling thread (the loading thread; `paced` calls it): its run-queue
+        wait is read from here on, and the current unit starts now."""
+        self.close()
+        try:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = -1
+        self._mark = self._now()
+
     def _now(self) -> float:
-        """Wall seconds minus the seconds this thread has waited on a run queue."""
+        """Wall seconds minus the seconds the bound thread has waited on a run queue."""
         wall = time.perf_counter()
-        tid = threading.get_native_id()
-        if tid != self._tid:
-            self.close()
-            self._tid = tid
-            try:
-                self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-            except OSError:
-                self._fd = -1
         if self._fd < 0:
             return wall
         try:  # "<ns on cpu> <ns waiting on a run queue> <timeslices>"
@@ -97,16 +97,10 @@ class Pacer:
         self.units += 1
         self.idle += 1
         self._mark = self._now()
-        self._wall_mark = time.perf_counter()
 
     def pace(self) -> None:
         """End one unit of work: sleep if serving is busy (see module docstring)."""
-        tid = self._tid
-        now = self._now()
-        if tid == self._tid:
-            worked = max(now - self._mark, 0.0)
-        else:  # the first unit in this thread: no mark of its own yet, count wall time
-            worked = time.perf_counter() - self._wall_mark
+        worked = max(self._now() - self._mark, 0.0)
         self.units += 1
         self.longest = max(self.longest, worked)
         if self._share < 1.0 and self._busy():
@@ -114,7 +108,6 @@ class Pacer:
             time.sleep(pause)
             self.slept += pause
         self._mark = self._now()
-        self._wall_mark = time.perf_counter()
 
 
 _local = threading.local()
@@ -184,6 +177,7 @@ def paced(pacer: Pacer) -> Iterator[Pacer]:
     """Make `pacer` the calling thread's for the duration of the block."""
     previous = getattr(_local, "pacer", None)
     _local.pacer = pacer
+    pacer.start()
     try:
         yield pacer
     finally:
