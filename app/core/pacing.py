@@ -150,21 +150,33 @@ def run_idle(fn: Callable[..., T], *args: object) -> T:
     `fn` runs at the new thread's inherited priority. The price: on a saturated core `fn` waits
     for idle moments, so use it for short work (milliseconds of CPU). Exceptions propagate.
     Blocks; call it from a worker thread, never the event loop."""
-    outcome: list[T] = []
-    failure: list[BaseException] = []
 
-    def run() -> None:
+    def lower() -> None:
         if hasattr(os, "SCHED_IDLE"):
             try:
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
             except OSError as exc:  # e.g. a seccomp profile forbids it
                 log.debug("SCHED_IDLE refused: %s", exc)
+
+    return on_fresh_thread("hotserve-idle", lower, fn, *args)
+
+
+def on_fresh_thread(name: str, setup: Callable[[], None], fn: Callable[..., T], *args: object) -> T:
+    """Run `setup()` then `fn(*args)` on a new thread called `name` and wait for it; return
+    what `fn` returns, or raise what it (or `setup`) raised, in the caller's thread. For work
+    whose thread gets its own scheduling (a nice increment, SCHED_IDLE), which must not stick
+    to a pooled thread. Blocks."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
+            setup()
             outcome.append(fn(*args))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="hotserve-idle", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     thread.join()
     if failure:

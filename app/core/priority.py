@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.core.pacing import Pacer, paced, run_idle
+from app.core.pacing import Pacer, on_fresh_thread, paced, run_idle
 
 log = logging.getLogger(__name__)
 
@@ -114,27 +114,18 @@ class LoadPriority:
         return fn(*args)
 
     def _niced(self, pacer: Pacer, fn: Callable[..., T], *args: object) -> T:
-        outcome: list[T] = []
-        failure: list[BaseException] = []
-
-        def run() -> None:
+        def lower() -> None:
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice())
             except OSError as exc:  # e.g. a seccomp profile forbids it: load at normal priority
                 log.debug("could not lower the load thread's priority: %s", exc)
-            try:
-                with paced(pacer):
-                    outcome.append(fn(*args))
-            except BaseException as exc:  # re-raised in the caller's thread
-                failure.append(exc)
 
-        thread = threading.Thread(target=run, name="hotserve-load", daemon=True)
+        def load() -> T:
+            with paced(pacer):
+                return fn(*args)
+
         with _SWITCH:
-            thread.start()
-            thread.join()
-        if failure:
-            raise failure[0]
-        return outcome[0]
+            return on_fresh_thread("hotserve-load", lower, load)
 
     def _nice(self) -> int:
         current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
