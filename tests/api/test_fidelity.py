@@ -15,6 +15,7 @@ import http.client
 import json
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,17 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     cfg = tmp / "models.config"
     cfg.write_text(models_config(entries, {"debug/saved_model_half_plus_two_cpu": labels}))
     with serve([f"--model_config_file={cfg}"], tmp / "server.log") as proc:
-        yield f"127.0.0.1:{proc.port}"
+        host = f"127.0.0.1:{proc.port}"
+        # Ready means every model serves a version; under the `all` policy the other version
+        # may still be loading (paced while requests are in flight), and the tests use both.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _, _, out = call(host, "GET", "/v1/models/debug%2Fsaved_model_half_plus_two_cpu")
+            states = [v["state"] for v in json.loads(out)["model_version_status"]]
+            if states == ["AVAILABLE", "AVAILABLE"]:
+                break
+            time.sleep(0.05)
+        yield host
 
 
 def call(
