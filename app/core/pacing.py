@@ -9,8 +9,8 @@ swap's p99 was 2.5-3.6x the steady one (README "Measured: what each swap does").
 work is cut into units (a checkpoint chunk, one warmup call, one callable...) and between two
 units the loading thread *sleeps*, giving the core back voluntarily: after a unit that took `w`
 seconds it sleeps `w * (1 - share) / share`, so it uses at most `share` of the time, in pieces
-no longer than its longest unit. With no request in flight it does not sleep at all: an idle
-server loads at full speed.
+no longer than its longest unit. With no request in flight (for a linger: app.core.registry
+`Lease.busy`) it does not sleep at all: an idle server loads at full speed.
 
 `pace()` is what the runtime calls between units. It is a function of the calling thread: the
 loading thread (app.core.priority) carries a `Pacer`; any other thread's `pace()` does nothing,

@@ -16,6 +16,7 @@ Threading contract:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from app.errors import NotFound
 
 log = logging.getLogger(__name__)
 
+BUSY_LINGER = 0.25  # seconds a server stays busy for pacing after its last lease is released
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -53,15 +56,23 @@ class Lease:
     """A pinned version: the refcount stays raised until the lease is released.
 
     `Lease.held` counts the leases held in this process (requests and shadow calls in flight,
-    queued or running): loads are paced while it is above zero (app.core.pacing). Changed on
-    the loop thread only; read from the loading thread as a plain int."""
+    queued or running); `Lease.idle_since` is when it last fell to zero (time.monotonic(), s).
+    Changed on the loop thread only; read from the loading thread as plain values."""
 
     __slots__ = ("version",)
     held = 0
+    idle_since = float("-inf")
 
     @staticmethod
     def busy() -> bool:
-        return Lease.held > 0
+        """Whether loads are paced now (app.core.pacing): a lease is held, or was within the
+        last BUSY_LINGER seconds. Any thread.
+
+        Why the linger: a load that stops pacing the moment no lease is held takes the core
+        and the GIL from the requests about to arrive, which then cannot take leases, so the
+        load ran unpaced for 6 ms at a time with no request answered (bench_swap, 64 MiB: a
+        burst of ~50 restore units back to back after one sleep)."""
+        return Lease.held > 0 or time.monotonic() - Lease.idle_since < BUSY_LINGER
 
     def __init__(self, version: ModelVersion) -> None:
         self.version = version
@@ -73,6 +84,8 @@ class Lease:
     def release(self) -> None:
         v = self.version
         Lease.held -= 1
+        if not Lease.held:
+            Lease.idle_since = time.monotonic()
         v.refcount -= 1
         if v.refcount == 0:
             v.idle.set()

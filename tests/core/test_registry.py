@@ -26,6 +26,8 @@ async def test_acquire_resolves_latest_version_and_label() -> None:
             assert Lease.held == held + 2 and Lease.busy()  # loads are paced meanwhile
         assert (latest.refcount, one.refcount) == (0, 0)
         assert Lease.held == held
+        assert Lease.busy()  # for BUSY_LINGER after the last release: requests are coming
+        await until(lambda: not Lease.busy())
         with reg.acquire("m", label="stable") as mv:
             assert mv.id.version == 1
         with pytest.raises(NotFound, match=r"Servable not found for request: Specific\(m, 3\)"):
