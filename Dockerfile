@@ -6,13 +6,11 @@ FROM python:3.11-slim
 # glibc's malloc, no jemalloc: with TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 (hotserve's default, set
 # by app.runtime; override it with -e) and the unload path's gc + malloc_trim, resident memory
 # returns to the one-version level after every swap (README "Memory after a swap").
-# GLIBC_TUNABLES: malloc asks for transparent huge pages, so unloading a large model is a few
-# huge munmaps instead of one that stalls every thread (app/hugepages.py; the hotserve command
-# would also re-run itself with it).
+# No GLIBC_TUNABLES=glibc.malloc.hugetlb=1: huge pages make a load's first touches stall
+# requests (app/hugepages.py; opt in with --malloc_huge_pages).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+    TF_CPP_MIN_LOG_LEVEL=1
 
 WORKDIR /opt/hotserve
 COPY pyproject.toml README.md ./

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None, *, serve: Callable[[Settings], int] | No
     except ConfigError as exc:
         sys.stderr.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
         return EXIT_FAILURE
-    if serve is None and argv is None:  # the command itself (re-running it re-reads sys.argv)
+    if settings.malloc_huge_pages and serve is None and argv is None:
+        # The command itself: re-running it re-reads sys.argv.
         from app.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()  # once, before any model is loaded: see app.hugepages

@@ -1,22 +1,27 @@
-"""Transparent huge pages for malloc'ed memory, so unloading a large model never stalls serving.
+"""Transparent huge pages for malloc'ed memory: opt-in (`--malloc_huge_pages`), off by default.
 
-Why: with `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1` (app.runtime.memory) a model's weights come from
-malloc, which serves each large tensor from its own mmap and gives it back with one munmap when
-the version unloads. Tearing down 1 GiB of 4 KiB pages took 80-150 ms here, and for all that
-time the kernel holds the process's memory-map lock: every other thread that maps or unmaps
-memory waits (CPython maps its object arenas with mmap, holding the GIL), so no request
-completed for ~100 ms at every swap of a 1 GiB model (bench_swap per-swap mode; a thread
-calling mmap every 0.5 ms was stopped 80-150 ms by one `session.close()`). With glibc's
+What they buy: with `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1` (app.runtime.memory) a model's weights
+come from malloc, which serves each large tensor from its own mmap and gives it back with one
+munmap when the version unloads. Tearing down 1 GiB of 4 KiB pages took 80-150 ms here in one
+probe (a thread calling mmap every 0.5 ms was stopped that long by one `session.close()`, since
+the kernel holds the process's memory-map lock), and huge pages made it 3 ms. With glibc's
 `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages (madvise) on its
-mappings: the same unload is 512 2 MiB pages, 3 ms, and the load got faster too (0.3 s instead of
-0.7 s for 1 GiB).
+mappings.
+
+Why off by default: a load writes the new version's weights into fresh memory, and with huge
+pages every first touch of a 2 MiB page (~1.3 ms of CPU in the page fault here) left all
+requests without an answer for ~5 ms, 32 times per 64 MiB loaded. Traced in bench_swap (every
+restore piece against every request's answer time): the piece runs that took 5 ms for 1.3 ms of
+CPU were the spans without an answer. Without the tunable, p99 in the swap window against
+steady went from 1.13x to 1.07x (64 MiB, per-swap median of 4) and from 1.67x to 1.43x (1 GiB),
+and the unload, now run at SCHED_IDLE after the switch, left no span longer than 9 ms at 1 GiB.
 
 glibc reads tunables once, when the process starts, so `reexec_argv_env` gives the command to
 re-run the current process with the tunable added (the `hotserve` / `python -m app` entry point
-does that once, before anything is loaded). Only on Linux with glibc >= 2.35 and THP not
-disabled; a GLIBC_TUNABLES that already names `glibc.malloc.hugetlb` (e.g. `=0` to opt out) is
-left alone. Under `uvicorn --factory app.main:create_app` or an embedding program, set
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment yourself (the Docker image does).
+does that once, before anything is loaded, when the flag asks). Only on Linux with glibc >= 2.35
+and THP not disabled; a GLIBC_TUNABLES that already names `glibc.malloc.hugetlb` is left alone.
+Under `uvicorn --factory app.main:create_app` or an embedding program, set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment yourself instead.
 """
 
 from __future__ import annotations

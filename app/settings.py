@@ -252,6 +252,13 @@ class Settings(BaseSettings):
         "turn off where events are missing or unreliable (NFS, FUSE): polling alone then finds "
         "versions within --file_system_poll_wait_seconds",
     )
+    malloc_huge_pages: bool = Field(
+        default=False,
+        description="re-run the hotserve command once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+        "(malloc asks for transparent huge pages): unloading a large model is then a few huge "
+        "munmaps, but every 2 MiB page a load first touches stalls requests for ~5 ms "
+        "(app/hugepages.py)",
+    )
     load_thread_nice: int = Field(
         default=5,
         ge=0,

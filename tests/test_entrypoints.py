@@ -131,9 +131,24 @@ def test_entry_point_serves_from_env_and_logs_state_changes(
     assert output.count(AVAILABLE) == 1, output
     assert re.search(r"model half_plus_two version 2: LOADING from ", output), output
     assert "model half_plus_two version 2: UNLOADING" in output, output
-    if entry_point in ("python -m app", "hotserve") and _huge_pages_possible(env):
-        # The command re-ran itself once with huge pages for malloc (app.hugepages).
-        assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in output, output
+    if "GLIBC_TUNABLES" not in env:  # no re-run with huge pages for malloc unless asked
+        assert "glibc.malloc.hugetlb" not in output, output
+
+
+def test_the_command_reruns_itself_with_huge_pages_when_asked(tmp_path: Path) -> None:
+    port = free_port()
+    env = _clean_env(
+        HOTSERVE_REST_API_PORT=str(port),
+        HOTSERVE_VERSION_SETTLE_SECONDS="0",
+        MODEL_NAME="half_plus_two",
+        MODEL_BASE_PATH=str(MODEL.parent),
+    )
+    if not _huge_pages_possible(env):
+        pytest.skip("huge pages for malloc are not available on this machine")
+    cmd = [sys.executable, "-m", "app", "--malloc_huge_pages"]
+    output = _serve_and_check(cmd, env, port, tmp_path)
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in output, output
+    assert output.count(AVAILABLE) == 1, output  # re-run once, not again
 
 
 def _huge_pages_possible(env: dict[str, str]) -> bool:
