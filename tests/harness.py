@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -149,6 +150,24 @@ async def running_app(
     finally:
         stop.set()
         await task
+
+
+def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -> None:
+    """Poll each model's REST status until `counts[model]` of its versions are AVAILABLE.
+
+    Ready means each model serves *a* version (as TF Serving: its latest); under the `all`
+    policy, or a rollout's two arms, the others may still be loading (paced while requests are
+    in flight, app.core.pacing), and tests that ask for each version need them all."""
+    deadline = time.monotonic() + timeout
+    for model, n in counts.items():
+        while True:
+            path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
+            states = httpx.get(f"{url}{path}", timeout=5).json()
+            available = [s for s in states["model_version_status"] if s["state"] == "AVAILABLE"]
+            if len(available) == n:
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.05)
 
 
 def free_port() -> int:

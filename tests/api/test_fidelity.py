@@ -15,7 +15,6 @@ import http.client
 import json
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.harness import REPO, ServerProcess, models_config
+from tests.harness import REPO, ServerProcess, models_config, wait_all_available
 
 BLOB = bytes(range(100))
 TFS_ESCAPED = "modelname%21%23%24%25%26%27%28%29%2A%2B%2C%2F%3A%3B%3D%3F%40%5B%5D"
@@ -72,17 +71,8 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     cfg = tmp / "models.config"
     cfg.write_text(models_config(entries, {"debug/saved_model_half_plus_two_cpu": labels}))
     with serve([f"--model_config_file={cfg}"], tmp / "server.log") as proc:
-        host = f"127.0.0.1:{proc.port}"
-        # Ready means every model serves a version; under the `all` policy the other version
-        # may still be loading (paced while requests are in flight), and the tests use both.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            _, _, out = call(host, "GET", "/v1/models/debug%2Fsaved_model_half_plus_two_cpu")
-            states = [v["state"] for v in json.loads(out)["model_version_status"]]
-            if states == ["AVAILABLE", "AVAILABLE"]:
-                break
-            time.sleep(0.05)
-        yield host
+        wait_all_available(proc.url, {"debug/saved_model_half_plus_two_cpu": 2})
+        yield f"127.0.0.1:{proc.port}"
 
 
 def call(

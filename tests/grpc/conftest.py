@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from tests.harness import REPO, ServerProcess, free_port, models_config
+from tests.harness import REPO, ServerProcess, free_port, models_config, wait_all_available
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -80,21 +78,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
         tmp / "server.log",
     )
     try:
-        _wait_all_available(server, "half_plus_two", 2)
+        wait_all_available(server.url, {"half_plus_two": 2})
         yield server
     finally:
         stop(server)
-
-
-def _wait_all_available(server: GrpcServer, model: str, versions: int) -> None:
-    """Poll until `versions` versions of `model` are AVAILABLE. Ready means every model serves
-    a version; under the `all` policy the others may still be loading (paced while requests
-    are in flight, app.core.pacing), and the tests ask for each version."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{server.url}/v1/models/{model}", timeout=10).json()
-        states = [v["state"] for v in status["model_version_status"]]
-        if states.count("AVAILABLE") == versions:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{model}: not all {versions} versions AVAILABLE: {states}")

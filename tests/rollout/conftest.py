@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from app.publish import publish
-from tests.harness import ServerProcess, build_bias_versions, free_port, models_config
+from tests.harness import (
+    ServerProcess,
+    build_bias_versions,
+    free_port,
+    models_config,
+    wait_all_available,
+)
 
 GOOD = (1, 2)  # 0.5*x + v
 FAR = 40  # 0.5*x + 40: answers "far off" from version 1
@@ -130,20 +136,6 @@ def rollout_server(
         yield RolloutServer(proc, f"127.0.0.1:{grpc_port}", rollout_file, auto)
     finally:
         proc.stop()
-
-
-def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -> None:
-    """Ready means each model serves *a* version; the tests need every version loaded (a
-    rollout routes to whichever of its arms is AVAILABLE while the other loads)."""
-    deadline = time.monotonic() + timeout
-    for model, n in counts.items():
-        while True:
-            states = httpx.get(f"{url}/v1/models/{model}", timeout=5).json()
-            available = [s for s in states["model_version_status"] if s["state"] == "AVAILABLE"]
-            if len(available) == n:
-                break
-            assert time.monotonic() < deadline, states
-            time.sleep(0.1)
 
 
 @dataclass
