@@ -103,7 +103,7 @@ class Pacer:
         worked = max(self._now() - self._mark, 0.0)
         self.units += 1
         self.longest = max(self.longest, worked)
-        if self._share < 1.0 and self._busy():
+        if self.busy():
             pause = min(worked * (1.0 - self._share) / self._share, MAX_PAUSE)
             time.sleep(pause)
             self.slept += pause
