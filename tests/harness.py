@@ -29,6 +29,8 @@ import httpx
 from fastapi import FastAPI
 
 from app.core.registry import Registry
+from app.core.types import VersionState
+from app.errors import NotFound
 from app.main import create_app
 from app.settings import Settings
 
@@ -142,7 +144,7 @@ async def running_app(
         registry: Registry = app.state.registry
         if wait_ready:
             with anyio.fail_after(ready_timeout):
-                while not registry.is_ready():
+                while not (registry.is_ready() and not _loading(registry)):
                     await anyio.sleep(0.05)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -150,6 +152,20 @@ async def running_app(
     finally:
         stop.set()
         await task
+
+
+def _loading(registry: Registry) -> bool:
+    """Whether a version is still on its way in. Ready means each model serves *a* version (as
+    TF Serving: its latest); under the `all` policy the others may still be loading (paced
+    while requests are in flight, app.core.pacing), and route tests ask for each version."""
+    for name in registry.model_names():
+        try:
+            statuses = registry.status(name)
+        except NotFound:  # no version found (yet, or ever): nothing on its way in
+            continue
+        if any(s.state in (VersionState.START, VersionState.LOADING) for s in statuses):
+            return True
+    return False
 
 
 def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -> None:
