@@ -119,10 +119,8 @@ def runner_factory(
 
 def default_loader(settings: Settings) -> tuple[Loader, Callable[[], None]]:
     """The TensorFlow loader (imports TensorFlow) and its memory release hook."""
-    from app.runtime.memory import freeze_startup_objects, release_memory
+    from app.runtime.memory import release_memory
     from app.runtime.saved_model import SavedModelLoader
-
-    freeze_startup_objects()  # before any model: see its docstring (swap-time GC pauses)
 
     intra = settings.tensorflow_intra_op_parallelism or settings.tensorflow_session_parallelism
     inter = settings.tensorflow_inter_op_parallelism or settings.tensorflow_session_parallelism
@@ -399,6 +397,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     def begin_shutdown() -> None:
         app.state.shutting_down = True
+
+    if release is not None:
+        # Last step of start-up, after every import and object the edges need (the gRPC stack
+        # included) and before any model loads: see freeze_startup_objects (swap-time GC).
+        from app.runtime.memory import freeze_startup_objects
+
+        freeze_startup_objects()
 
     with notice_exit_signals(begin_shutdown):
         async with anyio.create_task_group() as tg:

@@ -87,8 +87,11 @@ def freeze_startup_objects() -> None:
     reach, so later full collections scan only what models add.
 
     Why: a full gc.collect() over TensorFlow's ~270k objects holds the GIL for 120-200 ms; run
-    on every unload it stalled all requests once per swap (bench_swap: p99 7.45x steady). After
-    this it takes about a millisecond and still frees the unloaded version's cycles.
+    on every unload it stalled all requests once per swap (bench_swap: p99 7.45x steady). Call
+    it last in start-up, once every module the server uses is imported and before any model
+    loads: frozen at the loader's creation, the gRPC stack imported after it left 12.4k objects
+    for every collection (2.1 ms at each unload, quiet machine, MLP demo); frozen last, 3.5k
+    (0.3 ms). Called from the event loop at start-up (it collects once: 120-200 ms).
     """
     gc.collect()
     gc.freeze()
