@@ -337,12 +337,11 @@ def rollout_source(
     return source
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    injected: Loader | None = app.state.loader
-    configs = config.initial_models(settings)
-    policy = config.batch_policy_for(settings)
+def _observed_loader(
+    app: FastAPI, settings: Settings, injected: Loader | None
+) -> tuple[Loader, Callable[[], None] | None]:
+    """The injected loader, else the TensorFlow one with its memory release hook; timed by
+    the metrics and the event log when the app has them."""
     release: Callable[[], None] | None = None
     if injected is None:
         loader, release = default_loader(settings)
@@ -352,9 +351,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if metrics is not None:
         loader = metrics.timed_loader(loader)
     events: EventLog | None = getattr(app.state, "events", None)
-    traffic: Traffic | None = getattr(app.state, "traffic", None)
     if events is not None:
         loader = events.timed_loader(loader)
+    return loader, release
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    injected: Loader | None = app.state.loader
+    configs = config.initial_models(settings)
+    policy = config.batch_policy_for(settings)
+    loader, release = _observed_loader(app, settings, injected)
+    metrics: Metrics | None = getattr(app.state, "metrics", None)
+    events: EventLog | None = getattr(app.state, "events", None)
+    traffic: Traffic | None = getattr(app.state, "traffic", None)
     inference = anyio.CapacityLimiter(inference_threads(settings, policy))
     loads = anyio.CapacityLimiter(max(settings.num_load_threads, 1))
     gate = getattr(app.state, "publish_gate", None)  # set by app.workers under --workers N
@@ -398,13 +409,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     def begin_shutdown() -> None:
         app.state.shutting_down = True
 
-    if release is not None:
-        # Last step of start-up, after every import and object the edges need (the gRPC stack
-        # included) and before any model loads: see freeze_startup_objects (swap-time GC).
-        from app.runtime.memory import freeze_startup_objects
-
-        freeze_startup_objects()
-
+    if release is not None:  # the TensorFlow loader's process: see _freeze_startup
+        _freeze_startup()
     with notice_exit_signals(begin_shutdown):
         async with anyio.create_task_group() as tg:
             if gate is not None:
@@ -427,6 +433,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 discovery.cancel()
                 await _stop_serving(app, settings, grpc, registry)
                 tg.cancel_scope.cancel()
+
+
+def _freeze_startup() -> None:
+    """The last step of start-up, after every import and object the edges need (the gRPC
+    stack included) and before any model loads: see freeze_startup_objects (swap-time GC)."""
+    from app.runtime.memory import freeze_startup_objects
+
+    freeze_startup_objects()
 
 
 async def _start_rollouts(tg: anyio.abc.TaskGroup, app: FastAPI, registry: Registry) -> None:
