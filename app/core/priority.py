@@ -106,9 +106,10 @@ class LoadPriority:
                 )
 
     def idle(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(*args)` (short work beside a swap: closing the old version's session,
-        trimming the heap) where it cannot delay requests: under SCHED_IDLE
-        (`pacing.run_idle`) while they are in flight, else in the calling thread. Blocks."""
+        """Run `fn(*args)` (short work beside a swap: closing the old version's session)
+        where it cannot delay requests: under SCHED_IDLE (`pacing.run_idle`) while they are in
+        flight, else in the calling thread. Not for work holding a lock serving needs (the
+        heap trim: see Versions.release). Blocks."""
         if self._share < 1.0 and self._busy():
             return run_idle(fn, *args)
         return fn(*args)

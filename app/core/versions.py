@@ -2,8 +2,9 @@
 releases one version at a time for `app.core.lifecycle` (which decides when).
 
 Threading: every method runs on the event-loop thread; the blocking parts (Loader.load,
-Servable.warmup/unload, the memory release hook) run in the load limiter at the load priority
-(`LoadPriority`), never on the loop and never in the inference threads.
+Servable.warmup/unload, the memory release hook) run in the load limiter, never on the loop and
+never in the inference threads: at the load priority (`LoadPriority`), but for the memory
+release hook, which runs at normal priority (see `release`).
 """
 
 from __future__ import annotations
@@ -197,8 +198,13 @@ class VersionWork:
 
     async def release(self, mv: ModelVersion, drained: bool) -> None:
         await mv.runner.close(timeout=self._options.drain_timeout_seconds)
-        idle = self._priority.idle
         if drained:
-            await to_thread.run_sync(idle, mv.servable.unload, limiter=self._limiter)
+            await to_thread.run_sync(self._priority.idle, mv.servable.unload, limiter=self._limiter)
         mv.cache.clear()
-        await to_thread.run_sync(idle, self._release_memory, limiter=self._limiter)
+        # At normal priority, not `idle`: malloc_trim holds each malloc arena's lock while it
+        # trims that arena (2-3 ms of CPU after an MLP or 64 MiB unload), and serving threads
+        # allocate from those arenas. Under SCHED_IDLE the holder was preempted by the very
+        # threads that then waited for its lock: one trim took 1.1 s of wall time and left no
+        # request answered for 14 ms (bench_swap trace with perf sched); run straight, it
+        # holds a lock for its 2-3 ms at most.
+        await to_thread.run_sync(self._release_memory, limiter=self._limiter)
