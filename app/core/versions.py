@@ -203,8 +203,8 @@ class VersionWork:
         mv.cache.clear()
         # At normal priority, not `idle`: malloc_trim holds each malloc arena's lock while it
         # trims that arena (2-3 ms of CPU after an MLP or 64 MiB unload), and serving threads
-        # allocate from those arenas. Under SCHED_IDLE the holder was preempted by the very
-        # threads that then waited for its lock: one trim took 1.1 s of wall time and left no
-        # request answered for 14 ms (bench_swap trace with perf sched); run straight, it
-        # holds a lock for its 2-3 ms at most.
+        # allocate from those arenas. Under SCHED_IDLE the holder could wait for a CPU behind
+        # the threads waiting for its lock: one trim took 1.1 s of wall time and left no
+        # request answered for 14 ms (bench_swap trace with perf sched). At normal priority it
+        # took 4.5-17 ms of wall time under load (README, causes table).
         await to_thread.run_sync(self._release_memory, limiter=self._limiter)
