@@ -24,7 +24,7 @@ from app.core.servable import Example
 from app.core.types import Signature, TensorSpec
 from app.main import create_app
 from app.settings import Settings
-from tests.harness import threaded_server
+from tests.harness import threaded_server, wait_all_available
 
 SIGNATURES = {
     "serving_default": Signature(
@@ -116,6 +116,9 @@ def test_small_request_is_answered_while_a_big_one_is_decoded(tmp_path: Path) ->
         json={"inputs": {"s": [f"row{i}" for i in range(BIG_ROWS)]}},
     ).content
     with threaded_server(wrapped) as url:  # type: ignore[arg-type]
+        # The version loads once its folder settled: until then both requests wait for it, and
+        # the big one, decoded by then, could reach the model first (seen on a busy machine).
+        wait_all_available(url, {"m": 1})
         big_answer: list[httpx.Response] = []
 
         def send_big() -> None:
