@@ -108,8 +108,8 @@ class LoadPriority:
     def idle(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` (short work beside a swap: closing the old version's session)
         where it cannot delay requests: under SCHED_IDLE (`pacing.run_idle`) while they are in
-        flight, else in the calling thread. Not for work holding a lock serving needs (the
-        heap trim: see Versions.release). Blocks."""
+        flight, else in the calling thread. The heap trim does not run here: it holds malloc's
+        arena locks for milliseconds at a stretch (see Versions.release). Blocks."""
         if self._share < 1.0 and self._busy():
             return run_idle(fn, *args)
         return fn(*args)
