@@ -28,6 +28,8 @@ Definitions (all on CLOCK_MONOTONIC; the server's log lines are mapped onto it):
 - longest no-completion span of a window: the longest interval inside [start, end) without a
   200 answer arriving (window edges count as boundaries).
 - p50 / p99: latency of the requests SENT in the window (200s only; failures counted apart).
+- slower than steady p99: the share of the swap window's requests (200s) slower than the
+  steady window's p99 (1% of the steady window's own, by definition).
 - publish -> first new answer: `published` to the first answer carrying the new variant's digest.
 - first new vs last old: latency of the first FIRST_N answers of the new version against the last
   FIRST_N of the old one (both inside the swap window).
@@ -303,6 +305,10 @@ def swap_record(r: Requests, s: Swap, one_version_kib: int) -> dict[str, Any]:
         if old_idx.size:
             last_old = float(answered[old_idx[-1]])
     p99_swap, p99_steady = _pct(sw_lat, 99), _pct(st_lat, 99)
+    # How many, where the p99 ratio says how far: 1% of the steady window is slower than its
+    # p99 by definition, and its slowest 1% sits just above the batches the server stalls on
+    # its own, so a few more stalled batches lift p99 into their latency.
+    over = float(np.mean(sw_lat > p99_steady)) if p99_steady and sw_lat.size else None
     t, o = s.times, s.old_times
     # p99 of the answers that arrived in each stage of the swap (server-logged boundaries).
     stages = {}
@@ -335,6 +341,7 @@ def swap_record(r: Requests, s: Swap, one_version_kib: int) -> dict[str, Any]:
         "p99_steady_ms": _ms(p99_steady),
         "max_steady_ms": _ms(float(st_lat.max()) if st_lat.size else None),
         "p99_ratio": round(p99_swap / p99_steady, 3) if p99_swap and p99_steady else None,
+        "over_steady_p99": None if over is None else round(over, 5),
         "publish_to_first_new_s": None if first_new is None else round(first_new - w0, 4),
         "publish_to_available_seen_s": round(s.available_seen - w0, 4),
         "publish_to_old_end_seen_s": round(s.old_end_seen - w0, 4),
@@ -406,11 +413,12 @@ def summary_rows(results: list[dict[str, Any]]) -> list[str]:
         "| run | model | swaps | failures (all requests) | longest no-answer span, swap "
         "windows: median / max ms | same, equally long steady windows: median / max ms "
         "| swaps with swap span <= its steady span | p99 swap / steady per swap: median / max "
-        "| pooled p99 swap vs steady (ms) | publish -> first new answer: median / max s "
+        "| pooled p99 swap vs steady (ms) | swap requests slower than steady p99: median / "
+        "max | publish -> first new answer: median / max s "
         "| first 100 new answers p50 vs last 100 old p50 (median ms) | RSS after swap vs one "
         "version: worst |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for res in results:
         recs = res["swaps"]
         sw, st = _col(res, "gap_swap_ms"), _col(res, "gap_steady_ms")
@@ -428,6 +436,7 @@ def summary_rows(results: list[dict[str, Any]]) -> list[str]:
             f"| {res['label']} | {res['model']} | {len(recs)} | {fails} in swap windows "
             f"({res['failures_total']} of {res['requests']}) | {_med_max(sw)} | {_med_max(st)} "
             f"| {within}/{len(recs)} | {_med_max(ratio, '{:.2f}')}x | {pooled} "
+            f"| {_med_max(_col(res, 'over_steady_p99'), '{:.2%}')} "
             f"| {_med_max(_col(res, 'publish_to_first_new_s'), '{:.2f}')} | {first} "
             f"| {rss:+.1%} |"
         )
@@ -443,6 +452,7 @@ _SWAP_COLUMNS = (
     ("p50 swap/steady ms", None, ""),
     ("p99 swap/steady ms", None, ""),
     ("p99 ratio", "p99_ratio", "{:.2f}"),
+    ("swap requests slower than steady p99", "over_steady_p99", "{:.2%}"),
     ("publish -> first new s", "publish_to_first_new_s", "{:.3f}"),
     ("load+warmup s", "load_warmup_s", "{:.2f}"),
     ("first new p50/max ms", None, ""),
