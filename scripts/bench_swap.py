@@ -188,6 +188,7 @@ def run_memory(args: argparse.Namespace, work: Path) -> list[memory.MemoryRun]:
         connections=args.connections,
         tf_threads=args.tf_threads,
         env=args.server_env,
+        think_ms=args.think_ms,
     )
     runs = []
     for mib in args.model_mib:
@@ -284,6 +285,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label", default="", help="per-swap mode: run name (default: the commit)")
     p.add_argument("--no-batching", dest="batching", action="store_false")
     p.add_argument(
+        "--think-ms",
+        type=int,
+        default=0,
+        help="per-swap mode: each connection's wait (ms) between an answer and its next "
+        "request; 0 (default) keeps the serving core saturated",
+    )
+    p.add_argument(
         "--min-steady", type=float, default=2.0, help="per-swap mode: least quiet gap, s"
     )
     p.add_argument(
@@ -332,6 +340,7 @@ def per_swap(args: argparse.Namespace) -> int:
         source=source,
         flags=tuple(args.server_flag),
         env=args.server_env,
+        think_ms=args.think_ms,
     )
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -348,7 +357,8 @@ def per_swap(args: argparse.Namespace) -> int:
                 "",
                 f"Server from `{source}` (commit `{_describe(source)}`), pinned to core "
                 f"{SERVER_CPU}; wrk -t{args.connections} -c{args.connections} (closed loop, "
-                f"keep-alive, per-request log) pinned to core {LOAD_CPU}; batching "
+                f"keep-alive, per-request log; think time {args.think_ms} ms) pinned to core "
+                f"{LOAD_CPU}; batching "
                 f"{'on' if args.batching else 'off'}; TF threads {args.tf_threads}; extra flags "
                 f"{' '.join(args.server_flag) or 'none'}. Windows: see bench_swap/perswap.py. "
                 f"Load average at the end: {os.getloadavg()[0]:.2f}.",

@@ -79,8 +79,16 @@ class WrkLoad:
     """wrk posting `body_file` to `url` with `connections` connections, pinned to `cpu`."""
 
     def __init__(
-        self, url: str, body_file: Path, out_dir: Path, connections: int, cpu: int
+        self,
+        url: str,
+        body_file: Path,
+        out_dir: Path,
+        connections: int,
+        cpu: int,
+        think_ms: int = 0,
     ) -> None:
+        """`think_ms` > 0: each connection waits that long between an answer and its next
+        request (record.lua's delay()), a closed loop below saturation."""
         self.prefix = out_dir / f"wrk-{int(time.time() * 1000)}"
         argv = [
             *("taskset", "-c", str(cpu), "wrk"),
@@ -88,7 +96,10 @@ class WrkLoad:
             *("-s", str(RECORD_LUA), url, "--", str(self.prefix), str(body_file)),
         ]
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env = {**os.environ, "WRK_THINK_MS": str(think_ms)}
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()

@@ -138,6 +138,7 @@ class RunOptions:
     source: Path
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    think_ms: int = 0  # wrk's wait between an answer and the next request (0: saturating)
 
 
 def _stage(src: Path, base: Path, version: int) -> Path:
@@ -200,7 +201,7 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
         server.wait_state(1, "AVAILABLE", STATE_TIMEOUT_S, every=0.2)
         poller = StatusPoller(server.url, model=spec.name)
         url = f"{server.url}/v1/models/{spec.name}:predict"
-        load = WrkLoad(url, body, work, opts.connections, opts.load_cpu)
+        load = WrkLoad(url, body, work, opts.connections, opts.load_cpu, opts.think_ms)
         wall_minus_mono = time.time() - time.monotonic()
         time.sleep(WARMUP_S)
         one_version = server.memory_kib()["VmRSS"]

@@ -26,6 +26,17 @@ local function now()
   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 
+-- Think time (WRK_THINK_MS, default 0 = none): each connection waits that long between an
+-- answer and its next request, so the load runs below saturation. wrk looks for delay() when
+-- the script loads, so it is defined only when asked for: a delay of 0 would still cost every
+-- request a turn of wrk's event loop.
+local think_ms = tonumber(os.getenv("WRK_THINK_MS") or "0") or 0
+if think_ms > 0 then
+  function delay()
+    return think_ms
+  end
+end
+
 local threads = {}
 local counter = 0
 
