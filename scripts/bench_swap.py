@@ -188,7 +188,6 @@ def run_memory(args: argparse.Namespace, work: Path) -> list[memory.MemoryRun]:
         connections=args.connections,
         tf_threads=args.tf_threads,
         env=args.server_env,
-        think_ms=args.think_ms,
     )
     runs = []
     for mib in args.model_mib:
