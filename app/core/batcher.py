@@ -38,6 +38,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from app.core import pacing
 from app.core.batch_policy import batch_sizes, validate_batch_policy
 from app.core.batching_queue import Scheduler
 from app.core.batching_shapes import batch_key, merge_inputs, request_rows, split_outputs
@@ -162,7 +163,10 @@ class DirectRunner(_Drain):
         self, signature: str, inputs: dict[str, np.ndarray], deadline: float | None
     ) -> dict[str, np.ndarray]:
         _check_deadline(deadline)  # again: the limiter may have kept the request waiting
-        return self._run_fn(signature, inputs)
+        try:
+            return self._run_fn(signature, inputs)
+        finally:
+            pacing.PIGGYBACK.after_call()  # a load's unit, if one waits (app.core.pacing)
 
     async def close(self, timeout: float) -> None:
         if not await self._close_and_wait(timeout):
@@ -258,6 +262,7 @@ class Batcher(_Drain):
         outputs = self._run_fn(signature, inputs)
         seconds = time.perf_counter() - began
         split_outputs(outputs, [rows], rows)  # the same output checks as any batch
+        pacing.PIGGYBACK.after_call()  # a load's unit, if one waits (app.core.pacing)
         return outputs, seconds
 
     async def close(self, timeout: float) -> None:
@@ -358,6 +363,9 @@ class Batcher(_Drain):
             answers = split_outputs(outputs, sizes, batch.padded)
         except BaseException as exc:  # delivered to the batch's requests, never lost
             error = exc
+        # A load's unit, if one waits (app.core.pacing.Piggyback): here, the batch's answers
+        # wait for it, one short unit at a time, rather than for a load thread the kernel lets run.
+        pacing.PIGGYBACK.after_call()
         if not batch.end((answers, error, seconds)):
             return
         loop = self._sched.loop

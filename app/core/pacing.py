@@ -12,6 +12,16 @@ seconds it sleeps `w * (1 - share) / share`, so it uses at most `share` of the t
 no longer than its longest unit. With no request in flight (for a linger: app.core.registry
 `Lease.busy`) it does not sleep at all: an idle server loads at full speed.
 
+A restore's units go one better (`run_steps`, `Piggyback`): while requests are in flight, the
+serving threads run them, one right after a model call, within the same share of wall time, and
+the loading thread only waits. Why: a unit run on the loading thread shares one core with the
+serving threads, and the kernel decides which waits; a unit run by a serving thread between two
+batches delays the next batch by the unit's length, always, and nothing else. In 32 KiB units
+(`restore.BUSY_CHUNK_BYTES`, ~0.14 ms of CPU each under load) that is a small, even slowdown of
+every request rather than a few requests caught behind a long unit: bench_swap, 1 GiB on a
+saturated core, p99 in the swap window 1.09x steady at share 0.1, against 1.20-1.35x for the
+released paced load at share 0.05 (README, "The 1 GiB p99").
+
 `pace()` is what the runtime calls between units. It is a function of the calling thread: the
 loading thread (app.core.priority) carries a `Pacer`; any other thread's `pace()` does nothing,
 as the thread's niceness is a property of the thread too. This keeps the runtime's and the
@@ -27,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -62,6 +73,7 @@ class Pacer:
         self.longest = 0.0
         self.slept = 0.0
         self.idle = 0
+        self.piggybacked = 0  # units run by serving threads (Piggyback)
 
     def start(self) -> None:
         """Bind to the calling thread (the loading thread; `paced` calls it): its run-queue
@@ -89,8 +101,16 @@ class Pacer:
             os.close(self._fd)
             self._fd = -1
 
+    @property
+    def share(self) -> float:
+        return self._share
+
     def busy(self) -> bool:
         return self._share < 1.0 and self._busy()
+
+    def restart(self) -> None:
+        """The current unit starts now: the time since the last one was not the load's work."""
+        self._mark = self._now()
 
     def idle_unit(self) -> None:
         """Count a unit that ran in serving's idle time (`indivisible`): no sleep."""
@@ -111,6 +131,137 @@ class Pacer:
 
 
 _local = threading.local()
+
+PIGGYBACK_WAIT = 0.02  # seconds without any model call before the loading thread runs a step
+PIGGYBACK_CREDIT = 0.001  # seconds of step CPU time serving threads may bank, at most
+
+
+class _Job:
+    """One load's steps: an iterator advanced one step at a time by whichever thread holds
+    `lock` (a serving thread or the loading thread), never two at once."""
+
+    __slots__ = ("done", "error", "lock", "share", "steps", "taken")
+
+    def __init__(self, steps: Iterator[None], share: float) -> None:
+        self.steps = steps
+        self.share = share
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.taken = 0  # steps run by serving threads
+
+    def step(self) -> None:
+        """Advance one step (`lock` held). The end of the steps, or an exception from one
+        (kept for the loading thread to raise), sets `done`."""
+        try:
+            next(self.steps)
+        except StopIteration:
+            self.done.set()
+        except BaseException as exc:  # re-raised in the loading thread by Piggyback.run
+            self.error = exc
+            self.done.set()
+
+
+class Piggyback:
+    """Steps of loads, run by serving threads right after their model calls (module docstring).
+
+    The loading thread hands its steps over (`run`) and waits. Each model call ends with
+    `after_call()`: it adds the wall time since the previous call times the load's share to a
+    credit (at most PIGGYBACK_CREDIT seconds), and while the credit is positive runs one step and
+    takes the step's CPU time (`time.thread_time`, which leaves out the time the thread waited for
+    the core) off it. So steps take at most `share` of the time while model calls come; with
+    none for PIGGYBACK_WAIT seconds (a model call running long, or no requests but a lingering
+    `busy`), the loading thread runs a step itself and paces (`Pacer.pace`), as any other unit.
+    Thread-safe: a step runs under its job's lock, taken without waiting by serving threads (a
+    step already running elsewhere: skip) and with waiting by the loading thread. One instance
+    per process (`PIGGYBACK`), since all loads share the cores: loads running side by side take
+    turns, and share one credit."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[_Job] = deque()
+        self._credit = 0.0  # seconds
+        self._last = 0.0  # time.perf_counter() of the previous after_call while a job waited
+        self.calls = 0  # after_calls seen while a job waited
+
+    def run(self, steps: Iterator[None], pacer: Pacer) -> None:
+        """Run every step of `steps` (each yield ends one): by serving threads while
+        `pacer.busy()`, else here with `pacer.pace()` after each. Returns when they are done;
+        raises what a step raised. Blocks; the loading thread only."""
+        job = _Job(steps, pacer.share)
+        self._jobs.append(job)
+        try:
+            while not job.done.is_set():
+                if pacer.busy():
+                    calls = self.calls
+                    if job.done.wait(PIGGYBACK_WAIT) or self.calls != calls:
+                        continue  # serving threads are taking the steps
+                with job.lock:
+                    if job.done.is_set():
+                        break
+                    pacer.restart()
+                    job.step()
+                if not job.done.is_set():
+                    pacer.pace()
+        finally:
+            self._jobs.remove(job)
+            pacer.units += job.taken
+            pacer.piggybacked += job.taken
+        if job.error is not None:
+            raise job.error
+
+    def after_call(self) -> None:
+        """Run one step of a waiting load if the credit allows. Call from a serving thread
+        right after a model call, with no lock held; costs an attribute read when no load
+        waits."""
+        if not self._jobs:
+            return
+        self.calls += 1
+        try:
+            job = self._jobs[0]
+        except IndexError:  # the load ended meanwhile
+            return
+        now = time.perf_counter()
+        credit = min(self._credit + (now - self._last) * job.share, PIGGYBACK_CREDIT)
+        self._last = now
+        self._credit = credit
+        if credit <= 0.0 or not job.lock.acquire(blocking=False):
+            return
+        try:
+            if job.done.is_set():
+                return
+            began = time.thread_time()
+            job.step()
+            self._credit = credit - (time.thread_time() - began)
+            if not job.done.is_set():  # a unit ended by its yield (as counted by `pace`)
+                job.taken += 1
+        finally:
+            job.lock.release()
+        self._jobs.rotate(-1)  # loads running side by side take turns
+
+
+PIGGYBACK = Piggyback()
+
+
+def run_steps(steps: Iterator[None]) -> None:
+    """Run a load's steps (each yield of `steps` ends one unit): inside a paced load through
+    `PIGGYBACK` (serving threads run them while requests are in flight), elsewhere here, each
+    followed by `pace()`. Raises what a step raises. Blocks; the loading thread only."""
+    pacer: Pacer | None = getattr(_local, "pacer", None)
+    if pacer is None or pacer.share >= 1.0:  # unpaced: serving threads must not take steps
+        for _ in steps:
+            pace()
+        return
+    PIGGYBACK.run(steps, pacer)
+
+
+def piggyback_probe() -> Callable[[], bool]:
+    """For the loading thread: a function telling, from any thread, whether this load's next
+    step would run in a serving thread (a paced load while requests are in flight); a restore
+    then cuts smaller units. Always False outside a paced load."""
+    pacer: Pacer | None = getattr(_local, "pacer", None)
+    if pacer is None:
+        return lambda: False
+    return pacer.busy
 
 
 def pace() -> None:

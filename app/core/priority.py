@@ -96,11 +96,12 @@ class LoadPriority:
                     return fn(*args)
             return self._niced(pacer, fn, *args)
         finally:
-            if pacer.slept:
+            if pacer.slept or pacer.piggybacked:
                 log.debug(
-                    "paced %s: %d units, longest %.2f ms, slept %.2f s",
+                    "paced %s: %d units (%d run by serving threads), longest %.2f ms, slept %.2f s",
                     getattr(fn, "__qualname__", fn),
                     pacer.units,
+                    pacer.piggybacked,
                     pacer.longest * 1e3,
                     pacer.slept,
                 )

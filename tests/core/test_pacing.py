@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -128,3 +129,114 @@ def test_unload_work_runs_idle_only_while_requests_are_in_flight() -> None:
     busy[0] = True
     unpaced = LoadPriority(5, share=1.0, busy=lambda: True)
     assert unpaced.idle(policy) == (me, os.sched_getscheduler(0))
+
+
+def _steps(n: int, log: list[tuple[int, float]], cpu: float) -> Iterator[None]:
+    """n steps, each spinning `cpu` seconds and noting (thread, its CPU time); no two at once."""
+    running = threading.Lock()
+    for _ in range(n):
+        assert running.acquire(blocking=False), "two threads ran steps at once"
+        began = time.thread_time()
+        spin(cpu)
+        log.append((threading.get_native_id(), time.thread_time() - began))
+        running.release()
+        yield
+
+
+def _load(steps: Iterator[None], pacer: Pacer) -> tuple[int, BaseException | None]:
+    """Run `steps` as a paced load on a thread of its own; (its native id, what it raised)."""
+    out: list[int] = []
+    error: list[BaseException] = []
+
+    def load() -> None:
+        out.append(threading.get_native_id())
+        try:
+            with paced(pacer):
+                pacing.run_steps(steps)
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join()
+    return out[0], (error[0] if error else None)
+
+
+def test_while_busy_serving_threads_run_the_steps_within_the_share() -> None:
+    log: list[tuple[int, float]] = []
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def serve() -> None:  # model calls of ~0.3 ms, each followed by after_call
+        while not stop.is_set():
+            spin(0.0003)
+            calls.append(time.perf_counter())
+            pacing.PIGGYBACK.after_call()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        pacer = Pacer(0.2, lambda: True)
+        loader, error = _load(_steps(40, log, 0.001), pacer)
+    finally:
+        stop.set()
+        server.join()
+    assert error is None
+    assert len(log) == 40
+    assert loader not in {thread for thread, _ in log}  # all run by the serving thread
+    assert pacer.piggybacked == 40
+    assert pacer.slept == 0.0
+    # The credit: the steps' CPU time is at most the share of the calls' span, plus the banked
+    # credit and the one step that may overdraw it.
+    work = sum(cpu for _, cpu in log)
+    span = calls[-1] - calls[0]
+    assert work <= 0.2 * span + pacing.PIGGYBACK_CREDIT + max(cpu for _, cpu in log)
+
+
+def test_busy_without_model_calls_the_loading_thread_runs_the_steps_paced() -> None:
+    log: list[tuple[int, float]] = []
+    pacer = Pacer(0.5, lambda: True)
+    loader, error = _load(_steps(3, log, 0.001), pacer)
+    assert error is None
+    assert {thread for thread, _ in log} == {loader}
+    assert pacer.piggybacked == 0
+    assert pacer.slept > 0  # each step it ran was paced
+
+
+def test_idle_the_loading_thread_runs_the_steps_at_full_speed() -> None:
+    log: list[tuple[int, float]] = []
+    pacer = Pacer(0.05, lambda: False)
+    loader, error = _load(_steps(5, log, 0.0005), pacer)
+    assert error is None
+    assert {thread for thread, _ in log} == {loader}
+    assert pacer.units == 5  # pace() after each step
+    assert pacer.slept == 0.0
+
+
+def test_a_step_failing_in_a_serving_thread_is_raised_in_the_loading_thread() -> None:
+    def steps() -> Iterator[None]:
+        yield
+        raise ValueError("bad piece")
+
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            time.sleep(0.0002)
+            pacing.PIGGYBACK.after_call()  # never raises: the step's error is kept
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        _, error = _load(steps(), Pacer(0.5, lambda: True))
+    finally:
+        stop.set()
+        server.join()
+    assert isinstance(error, ValueError)
+    assert str(error) == "bad piece"
+
+
+def test_after_call_without_a_load_does_nothing() -> None:
+    calls = pacing.PIGGYBACK.calls
+    pacing.PIGGYBACK.after_call()
+    assert pacing.PIGGYBACK.calls == calls
