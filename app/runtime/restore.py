@@ -7,7 +7,9 @@ core. Here the same bytes go into the same variables in units of at most `CHUNK_
 unit reads a piece of the checkpoint (app.runtime.checkpoint, not RestoreV2: asked for a slice
 of a tensor stored whole, RestoreV2 reads the whole tensor each time), extends the tensor's
 CRC32C and writes the piece into the variable with a strided-slice assign; app.core.pacing's
-`pace()` runs between units, so the load's pacer can give the core back to serving.
+`pace()` runs between units, so the load's pacer can give the core back to serving. While
+requests are in flight the units are smaller (BUSY_CHUNK_BYTES) and the serving threads run
+them, each right after a model call (`pacing.run_steps`, app.core.pacing.Piggyback).
 
 Which graphs: see app.runtime.restore_plan (TF1 savers and TF2 traced restore functions with
 every entry stored whole, numeric, of the variable's dtype and shape). Anything else (V1
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,11 @@ logger = logging.getLogger(__name__)
 # (1.7x TF's one op). From 512 KiB TF's assign splits the copy over its intra-op pool (thread
 # CPU fell below wall), which is serving's pool.
 CHUNK_BYTES = 128 * 1024
+# Bytes per unit while serving threads run the units (app.core.pacing.Piggyback): each delays
+# one batch by its length, so shorter is better for the tail until the per-unit cost dominates.
+# bench_swap, 1 GiB, saturated core, under load: 128 KiB units cost ~0.4 ms of CPU each, and
+# p99 in the swap window was 1.19-1.26x steady; 32 KiB units ~0.14 ms, p99 1.09x.
+BUSY_CHUNK_BYTES = 32 * 1024
 # Variables per bank (see _Bank): one executor each; every unit walks the bank's ops (about
 # 8 per variable, all but one variable's skipped as dead).
 BANK = 64
@@ -160,21 +167,24 @@ def _no_run(*args: Any) -> None:
 
 
 class _Writer:
-    """Writes banks unit by unit: times each unit (wall, without the pace) into `info` and
-    calls `pacing.pace()` after each. One thread."""
+    """Writes banks unit by unit: times each unit (wall) into `info`. A bank's units are the
+    steps of a generator (`_steps`) run through `pacing.run_steps`: by the loading thread, paced,
+    or by serving threads after their model calls (app.core.pacing.Piggyback), one thread at a
+    time, so the state here is never shared between two running threads."""
 
     def __init__(self, files: checkpoint.DataFiles, info: RestoreInfo) -> None:
         self._files = files
         self._run: Callable[..., Any] = _no_run
         self._info = info
         self._buffer = bytearray(CHUNK_BYTES)  # reused by every piece but rank-0 ones
+        # Asked per piece, from whichever thread runs it (app.core.pacing.Piggyback).
+        self._piggybacked = pacing.piggyback_probe()
         self._started = time.perf_counter()
 
-    def _unit(self, args: list[Any]) -> None:
+    def _unit(self, args: list[Any], started: float | None = None) -> None:
+        self._started = time.perf_counter() if started is None else started
         self._run(*args)
         self._done()
-        pacing.pace()
-        self._started = time.perf_counter()
 
     def _done(self) -> None:
         took = time.perf_counter() - self._started
@@ -184,13 +194,17 @@ class _Writer:
 
     def bank(self, bank: _Bank, session: Any) -> None:
         """Allocate every variable of the bank (one unit), then write each in pieces of at
-        most CHUNK_BYTES (a row larger than that: a piece alone), one piece a unit."""
+        most CHUNK_BYTES, or BUSY_CHUNK_BYTES while serving threads run them (a row larger
+        than that: a piece alone), one piece a unit. Blocks; the loading thread."""
         self._started = time.perf_counter()
         # A new executor, built in one piece (see _Bank): an indivisible unit; it paces.
         self._run = pacing.indivisible(bank.callable, session)
         self._done()
-        self._started = time.perf_counter()
+        pacing.run_steps(self._steps(bank))
+
+    def _steps(self, bank: _Bank) -> Iterator[None]:
         self._unit(bank.args(-1, None, 0, 0))
+        yield
         for index, target in enumerate(bank.targets):
             if not target.shape:
                 # Rank 0: a fresh array, since the assign may keep its buffer.
@@ -200,26 +214,31 @@ class _Writer:
                 # google_crc32c takes numpy arrays but not writable memoryviews.
                 self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
                 self._unit(bank.args(index, value, 0, 0))
+                yield
                 continue
-            self._pieces(bank, index, target)
+            yield from self._pieces(bank, index, target)
 
-    def _pieces(self, bank: _Bank, index: int, target: Target) -> None:
+    def _pieces(self, bank: _Bank, index: int, target: Target) -> Iterator[None]:
         rows = target.shape[0]
         if not target.entry.size:
             return
         row_bytes = target.entry.size // rows
-        step = max(1, CHUNK_BYTES // row_bytes)
         crc = 0
-        for first in range(0, rows, step):
-            last = min(rows, first + step)
+        first = 0
+        while first < rows:
+            chunk = BUSY_CHUNK_BYTES if self._piggybacked() else CHUNK_BYTES
+            last = min(rows, first + max(1, chunk // row_bytes))
             size = (last - first) * row_bytes
             if len(self._buffer) < size:
                 self._buffer = bytearray(size)
             view = memoryview(self._buffer)[:size]
+            started = time.perf_counter()
             self._files.read(target.key, target.entry, first * row_bytes, view)
             crc = google_crc32c.extend(crc, np.frombuffer(view, np.uint8))
             value = np.frombuffer(view, target.numpy_dtype)
-            self._unit(bank.args(index, value, first, last))
+            self._unit(bank.args(index, value, first, last), started)
+            first = last
+            yield
         # After the last piece: a failed load is discarded whole.
         self._files.check_crc(target.key, target.entry, crc)
 
@@ -235,9 +254,11 @@ def restore(
     variables") into `session`'s graph, in units (see the module docstring), or with
     `fallback()` (TF's restore) when the graph or checkpoint is not one handled here.
 
-    Units run in this thread, each followed by `pacing.pace()`; making a bank's callable (a new
-    executor) is `pacing.indivisible`. Adds ops to the graph: call before it is finalized.
-    Raises checkpoint.DataLoss for damaged data, tf.errors.OpError from a run.
+    Units run in this thread, each followed by `pacing.pace()`, or, in a paced load while
+    requests are in flight, in serving threads right after their model calls
+    (`pacing.run_steps`); making a bank's callable (a new executor) is `pacing.indivisible`.
+    Adds ops to the graph: call before it is finalized. Raises checkpoint.DataLoss for
+    damaged data, tf.errors.OpError from a run.
     """
     if saver is None:
         fallback()

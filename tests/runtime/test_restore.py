@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +286,33 @@ def test_a_busy_pacer_sleeps_between_units_and_the_restore_is_still_exact(models
     assert pacer.idle == 1  # the one bank's callable
     assert pacer.slept > 0
     assert values == _restore_tf(path)
+
+
+def test_serving_threads_run_a_busy_restores_units_and_it_is_still_exact(models: Path) -> None:
+    """While requests are in flight, the units go to the threads that make model calls
+    (app.core.pacing.Piggyback), in BUSY_CHUNK_BYTES pieces; the variables come out
+    bit-identical, and the loading thread never slept."""
+    path = models / "multi" / "1"
+    pacer = pacing.Pacer(0.5, lambda: True)
+    stop = threading.Event()
+    serving: list[int] = []
+
+    def serve() -> None:  # a serving thread: model calls back to back, each then after_call
+        serving.append(threading.get_native_id())
+        while not stop.is_set():
+            time.sleep(0.0002)
+            pacing.PIGGYBACK.after_call()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        info, values = _restore_chunked(path, pacer)
+    finally:
+        stop.set()
+        thread.join()
+    assert info.how == "chunked"
+    assert values == _restore_tf(path)
+    # big2d (3 MiB) alone is 96 busy pieces, against 24 idle ones
+    assert info.units > 3 * 2**20 // restore.BUSY_CHUNK_BYTES
+    assert pacer.piggybacked > 0.9 * info.units
+    assert pacer.slept < 0.5
