@@ -15,8 +15,9 @@ no longer than its longest unit. With no request in flight (for a linger: app.co
 A restore's units go one better (`run_steps`, `Piggyback`): while requests are in flight, the
 serving threads run them, one right after a model call, within the same share of wall time, and
 the loading thread only waits. Why: a unit run on the loading thread shares one core with the
-serving threads, and the kernel decides which waits; a unit run by a serving thread between two
-batches delays the next batch by the unit's length, always, and nothing else. In 32 KiB units
+serving threads, and the kernel decides which waits; a unit run by a serving thread after a
+model call delays that batch's answers (and the next batch of that thread) by the unit's length,
+always, and nothing else. In 32 KiB units
 (`restore.BUSY_CHUNK_BYTES`, ~0.14 ms of CPU each under load) that is a small, even slowdown of
 every request rather than a few requests caught behind a long unit: bench_swap, 1 GiB on a
 saturated core, share 0.05, 3 swaps: p99 in the swap window 1.10x steady pooled (1.05-1.14x per
@@ -27,8 +28,11 @@ loading thread (app.core.priority) carries a `Pacer`; any other thread's `pace()
 as the thread's niceness is a property of the thread too. This keeps the runtime's and the
 wrappers' signatures (Loader.load, Servable.warmup...) free of a parameter only loads use.
 
-Thread contract: `pace()` blocks (sleeps); it is called from the loading thread only, never the
-event loop. `Pacer.busy` is read there without a lock (an int read under the GIL).
+Thread contract: `pace()` and `run_steps` block; they are called from the loading thread only,
+never the event loop. `Pacer.busy` reads plain values (app.core.registry `Lease`) and may be
+called from any thread (a restore asks it per piece, from the thread running the piece).
+`PIGGYBACK.after_call()` is called by serving threads (app.core.batcher), never blocks on the
+loading thread, and never raises what a step raises.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class Pacer:
     time, which on a core serving keeps busy is mostly waiting to be scheduled (a 0.1 ms
     restore unit then measured ~1.5 ms and the load slept 19 times that: a 64 MiB load took
     16 s instead of ~2). Counters (`units`, `longest`, `slept`, in seconds) feed the log line.
-    Not thread-safe: one loading thread uses it (`paced`), which also closes its file.
+    Not thread-safe but for `busy` and `share` (any thread): one loading thread uses it
+    (`paced`), which also closes its file.
     """
 
     def __init__(self, share: float, busy: Callable[[], bool]) -> None:
@@ -132,19 +137,23 @@ class Pacer:
 
 _local = threading.local()
 
-PIGGYBACK_WAIT = 0.02  # seconds without any model call before the loading thread runs a step
+PIGGYBACK_WAIT = 0.02  # seconds the loading thread waits for serving threads between checks
 PIGGYBACK_CREDIT = 0.001  # seconds of step CPU time serving threads may bank, at most
 
 
 class _Job:
     """One load's steps: an iterator advanced one step at a time by whichever thread holds
-    `lock` (a serving thread or the loading thread), never two at once."""
+    `lock` (a serving thread or the loading thread), never two at once. Each yield announces
+    the bytes the next step writes (`next_bytes`); serving threads take only steps of at most
+    `max_bytes`."""
 
-    __slots__ = ("done", "error", "lock", "share", "steps", "taken")
+    __slots__ = ("done", "error", "lock", "max_bytes", "next_bytes", "share", "steps", "taken")
 
-    def __init__(self, steps: Iterator[None], share: float) -> None:
+    def __init__(self, steps: Iterator[int], share: float, max_bytes: int) -> None:
         self.steps = steps
         self.share = share
+        self.max_bytes = max_bytes
+        self.next_bytes = 0
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -154,12 +163,16 @@ class _Job:
         """Advance one step (`lock` held). The end of the steps, or an exception from one
         (kept for the loading thread to raise), sets `done`."""
         try:
-            next(self.steps)
+            self.next_bytes = next(self.steps)
         except StopIteration:
             self.done.set()
         except BaseException as exc:  # re-raised in the loading thread by Piggyback.run
             self.error = exc
             self.done.set()
+
+    def servable_step(self) -> bool:
+        """Whether a serving thread may take the next step (not too large, not over)."""
+        return self.next_bytes <= self.max_bytes and not self.done.is_set()
 
 
 class Piggyback:
@@ -169,31 +182,37 @@ class Piggyback:
     `after_call()`: it adds the wall time since the previous call times the load's share to a
     credit (at most PIGGYBACK_CREDIT seconds), and while the credit is positive runs one step and
     takes the step's CPU time (`time.thread_time`, which leaves out the time the thread waited for
-    the core) off it. So steps take at most `share` of the time while model calls come; with
-    none for PIGGYBACK_WAIT seconds (a model call running long, or no requests but a lingering
-    `busy`), the loading thread runs a step itself and paces (`Pacer.pace`), as any other unit.
-    Thread-safe: a step runs under its job's lock, taken without waiting by serving threads (a
-    step already running elsewhere: skip) and with waiting by the loading thread. One instance
-    per process (`PIGGYBACK`), since all loads share the cores: loads running side by side take
-    turns, and share one credit."""
+    the core) off it. So steps take at most `share` of the time while model calls come. The
+    loading thread runs a step itself, paced (`Pacer.pace`) as any other unit, when serving
+    threads leave it: no model call for PIGGYBACK_WAIT seconds (a long model call, or no
+    requests but a lingering `busy`), a credit left unused at its cap (model calls too rare to
+    keep the load at its share: a slow model, light traffic), or a step larger than the job's
+    `max_bytes`. Thread-safe: a step runs under its job's lock, taken without waiting by serving
+    threads (a step already running elsewhere: skip) and with waiting by the loading thread; the
+    credit has a lock of its own. One instance per process (`PIGGYBACK`), since all loads share
+    the cores: loads running side by side take turns, and share one credit."""
 
     def __init__(self) -> None:
         self._jobs: deque[_Job] = deque()
+        self._lock = threading.Lock()  # the credit's
         self._credit = 0.0  # seconds
         self._last = 0.0  # time.perf_counter() of the previous after_call while a job waited
         self.calls = 0  # after_calls seen while a job waited
 
-    def run(self, steps: Iterator[None], pacer: Pacer) -> None:
-        """Run every step of `steps` (each yield ends one): by serving threads while
-        `pacer.busy()`, else here with `pacer.pace()` after each. Returns when they are done;
-        raises what a step raised. Blocks; the loading thread only."""
-        job = _Job(steps, pacer.share)
+    def run(self, steps: Iterator[int], pacer: Pacer, max_bytes: int) -> None:
+        """Run every step of `steps` (each yield ends one and announces the bytes of the next):
+        by serving threads while `pacer.busy()`, else here with `pacer.pace()` after each.
+        Returns when they are done; raises what a step raised. Blocks; the loading thread."""
+        job = _Job(steps, pacer.share, max_bytes)
         self._jobs.append(job)
         try:
             while not job.done.is_set():
-                if pacer.busy():
+                if pacer.busy() and job.servable_step():
                     calls = self.calls
-                    if job.done.wait(PIGGYBACK_WAIT) or self.calls != calls:
+                    if job.done.wait(PIGGYBACK_WAIT):
+                        break
+                    idle_credit = self._credit >= PIGGYBACK_CREDIT
+                    if self.calls != calls and not idle_credit and job.servable_step():
                         continue  # serving threads are taking the steps
                 with job.lock:
                     if job.done.is_set():
@@ -203,7 +222,13 @@ class Piggyback:
                 if not job.done.is_set():
                     pacer.pace()
         finally:
-            self._jobs.remove(job)
+            with job.lock:  # no serving thread may step a job its loader has left
+                job.done.set()
+                self._jobs.remove(job)
+            if job.error is None:
+                close = getattr(steps, "close", None)
+                if close is not None:
+                    close()
             pacer.units += job.taken
             pacer.piggybacked += job.taken
         if job.error is not None:
@@ -212,46 +237,50 @@ class Piggyback:
     def after_call(self) -> None:
         """Run one step of a waiting load if the credit allows. Call from a serving thread
         right after a model call, with no lock held; costs an attribute read when no load
-        waits."""
+        waits. Never raises what a step raises (the loading thread does)."""
         if not self._jobs:
             return
-        self.calls += 1
         try:
             job = self._jobs[0]
         except IndexError:  # the load ended meanwhile
             return
-        now = time.perf_counter()
-        credit = min(self._credit + (now - self._last) * job.share, PIGGYBACK_CREDIT)
-        self._last = now
-        self._credit = credit
-        if credit <= 0.0 or not job.lock.acquire(blocking=False):
+        with self._lock:
+            self.calls += 1
+            now = time.perf_counter()
+            credit = min(self._credit + (now - self._last) * job.share, PIGGYBACK_CREDIT)
+            self._last = now
+            self._credit = credit
+        if credit <= 0.0 or not job.servable_step() or not job.lock.acquire(blocking=False):
             return
         try:
-            if job.done.is_set():
+            if not job.servable_step():  # the loading thread took it, or left, meanwhile
                 return
             began = time.thread_time()
             job.step()
-            self._credit = credit - (time.thread_time() - began)
+            spent = time.thread_time() - began
             if not job.done.is_set():  # a unit ended by its yield (as counted by `pace`)
                 job.taken += 1
         finally:
             job.lock.release()
+        with self._lock:
+            self._credit -= spent
         self._jobs.rotate(-1)  # loads running side by side take turns
 
 
 PIGGYBACK = Piggyback()
 
 
-def run_steps(steps: Iterator[None]) -> None:
-    """Run a load's steps (each yield of `steps` ends one unit): inside a paced load through
-    `PIGGYBACK` (serving threads run them while requests are in flight), elsewhere here, each
-    followed by `pace()`. Raises what a step raises. Blocks; the loading thread only."""
+def run_steps(steps: Iterator[int], max_bytes: int) -> None:
+    """Run a load's steps (each yield of `steps` ends one unit and announces the bytes the next
+    step writes): inside a paced load through `PIGGYBACK` (serving threads run the steps of at
+    most `max_bytes` while requests are in flight), elsewhere here, each followed by `pace()`.
+    Raises what a step raises. Blocks; the loading thread only."""
     pacer: Pacer | None = getattr(_local, "pacer", None)
     if pacer is None or pacer.share >= 1.0:  # unpaced: serving threads must not take steps
         for _ in steps:
             pace()
         return
-    PIGGYBACK.run(steps, pacer)
+    PIGGYBACK.run(steps, pacer, max_bytes)
 
 
 def piggyback_probe() -> Callable[[], bool]:

@@ -20,7 +20,8 @@ holds, so every serving thread that then wants it waits a whole interval. bench_
 0.02 ms (within noise of 0.1 ms, and more GIL hand-offs between serving threads).
 
 Each call is also paced (app.core.pacing): while requests are in flight the load sleeps
-between its units of work, so it takes at most `share` of the core in short pieces.
+between its units of work, so it takes at most `share` of the core in short pieces; a restore's
+units are run by the serving threads instead, each after a model call, within the same share.
 
 Thread contract: `call` blocks; call it from a worker thread (the load limiter), never the loop.
 """

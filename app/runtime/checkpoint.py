@@ -39,6 +39,7 @@ test runs, so ratios matter), TF's one-op restore against app.runtime.restore at
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -188,8 +189,9 @@ _OPEN_CODES = {
 class DataFiles:
     """The open data files of a bundle, read with `os.preadv` at absolute offsets.
 
-    One owner thread; `close()` (or `with`) closes them. A missing file or a short read raises
-    DataLoss naming the tensor and the file.
+    Used by one thread at a time (the restore's steps may run on several threads in turn:
+    app.core.pacing.Piggyback); `close()` (or `with`) closes them. A missing file or a short
+    read raises DataLoss naming the tensor and the file.
     """
 
     def __init__(self, bundle: Bundle) -> None:
@@ -207,13 +209,21 @@ class DataFiles:
         for fd in fds.values():
             os.close(fd)
 
-    def read(
-        self, key: str, entry: tensor_bundle_pb2.BundleEntryProto, start: int, out: memoryview
-    ) -> None:
-        """Fill `out` with the tensor's bytes [start, start + len(out))."""
-        path = self._bundle.data_file(entry.shard_id)
+    def prefetch(self, key: str, entry: tensor_bundle_pb2.BundleEntryProto) -> None:
+        """Open the tensor's data file now and ask the kernel to read it ahead
+        (`POSIX_FADV_WILLNEED`, where there is one), so that the reads of later steps, which
+        may run on serving threads, find the bytes in the page cache rather than wait for the
+        disk. Raises DataLoss as `read` does. Blocks briefly; call from the loading thread."""
+        fresh = entry.shard_id not in self._fds
+        fd = self._fd(key, entry)
+        if fresh and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # advice only
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+
+    def _fd(self, key: str, entry: tensor_bundle_pb2.BundleEntryProto) -> int:
         fd = self._fds.get(entry.shard_id)
         if fd is None:
+            path = self._bundle.data_file(entry.shard_id)
             try:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as exc:
@@ -221,6 +231,14 @@ class DataFiles:
                 message = f"Cannot open {path} to restore tensor {key}: {exc}"
                 raise DataLoss(message, code) from None
             self._fds[entry.shard_id] = fd
+        return fd
+
+    def read(
+        self, key: str, entry: tensor_bundle_pb2.BundleEntryProto, start: int, out: memoryview
+    ) -> None:
+        """Fill `out` with the tensor's bytes [start, start + len(out))."""
+        path = self._bundle.data_file(entry.shard_id)
+        fd = self._fd(key, entry)
         done = 0
         while done < len(out):
             got = os.preadv(fd, [out[done:]], entry.offset + start + done)

@@ -1,15 +1,18 @@
-"""Restore a SavedModel's variables in small units, calling `pacing.pace()` between them.
+"""Restore a SavedModel's variables in small units, paced by app.core.pacing.
 
 TF's restore (`Saver.restore`: one RestoreV2 op, then one assign per variable) reads every
 variable whole in one uninterruptible op: hundreds of ms of CPU for a 1 GiB variable, which the
 kernel lets the (niced) loading thread hold in ~5 ms stretches while serving waits for the
-core. Here the same bytes go into the same variables in units of at most `CHUNK_BYTES`: each
+core. Here the same bytes go into the same variables in units of at most `CHUNK_BYTES`
+(`BUSY_CHUNK_BYTES` while requests are in flight): each
 unit reads a piece of the checkpoint (app.runtime.checkpoint, not RestoreV2: asked for a slice
 of a tensor stored whole, RestoreV2 reads the whole tensor each time), extends the tensor's
 CRC32C and writes the piece into the variable with a strided-slice assign; app.core.pacing's
 `pace()` runs between units, so the load's pacer can give the core back to serving. While
-requests are in flight the units are smaller (BUSY_CHUNK_BYTES) and the serving threads run
-them, each right after a model call (`pacing.run_steps`, app.core.pacing.Piggyback).
+requests are in flight the serving threads run the units instead, each right after a model
+call (`pacing.run_steps`, app.core.pacing.Piggyback); a unit larger than BUSY_CHUNK_BYTES (one
+wide row) stays on the loading thread, paced. The data files are opened, and read ahead by the
+kernel, on the loading thread first, so a serving thread's read finds the page cache.
 
 Which graphs: see app.runtime.restore_plan (TF1 savers and TF2 traced restore functions with
 every entry stored whole, numeric, of the variable's dtype and shape). Anything else (V1
@@ -19,14 +22,14 @@ debug: its errors are then TF's own.
 
 A variable is first given an uninitialized buffer (`Empty(init=False)` assigned: TF forwards
 that buffer, nothing is touched), then filled along dim 0, rows [a, b) per unit; a row larger
-than `CHUNK_BYTES` is a unit alone; a rank-0 or small variable is one unit. Checksums are
+than the unit size is a unit alone; a rank-0 or small variable is one unit. Checksums are
 verified per tensor after its last piece (a failed load is discarded whole); a mismatch, a
 short or missing data file raise checkpoint.DataLoss (carrying RestoreV2's code for it). Every
-unit runs a callable made with RunOptions inter_op_thread_pool=-1 (as InlineRuns): in this
-thread, never TF's shared pool; a callable also skips session.run's per-call fetch/feed
-handling in Python. What cannot be cut: the session's first run (in it TF builds its
-execution state from the whole graph and runs its graph optimizer: 10-20 ms for the demo MLP,
-~110 ms for a graph holding 48 MiB of constants; TF's own restore pays it too) and each
+unit runs a callable made with RunOptions inter_op_thread_pool=-1 (as InlineRuns): in the
+thread running the unit, never TF's shared pool; a callable also skips session.run's
+per-call fetch/feed handling in Python. What cannot be cut: the session's first run (in it TF
+builds its execution state from the whole graph and runs its graph optimizer: 10-20 ms for the
+demo MLP, ~110 ms for a graph holding 48 MiB of constants; TF's own restore pays it too) and each
 further bank's executor (see _Bank). Measurements: app.runtime.checkpoint's docstring.
 """
 
@@ -71,7 +74,8 @@ BANK = 64
 @dataclass(slots=True)
 class RestoreInfo:
     """How a load restored its variables: `how` is "chunked", "tf" (TF's one-op restore;
-    `reason` says why) or "none" (no variables). Times in seconds (wall, this thread)."""
+    `reason` says why) or "none" (no variables). Times in seconds (wall, of the thread that ran
+    the unit: the loading thread or a serving thread)."""
 
     how: str
     reason: str = ""
@@ -202,25 +206,32 @@ class _Writer:
         # A new executor, built in one piece (see _Bank): an indivisible unit; it paces.
         self._run = pacing.indivisible(bank.callable, session)
         self._done()
-        pacing.run_steps(self._steps(bank))
+        for target in bank.targets:
+            if target.entry.size:
+                self._files.prefetch(target.key, target.entry)
+        pacing.run_steps(self._steps(bank), BUSY_CHUNK_BYTES)
 
-    def _steps(self, bank: _Bank) -> Iterator[None]:
+    def _steps(self, bank: _Bank) -> Iterator[int]:
+        """The bank's units as steps (see pacing.run_steps): each yield announces the bytes
+        the next step writes (0: no piece, or a small one), so a piece larger than
+        BUSY_CHUNK_BYTES (a row alone) is left to the loading thread."""
+        yield 0  # next: the allocation
         self._unit(bank.args(-1, None, 0, 0))
-        yield
         for index, target in enumerate(bank.targets):
             if not target.shape:
+                yield target.entry.size
                 # Rank 0: a fresh array, since the assign may keep its buffer.
+                started = time.perf_counter()
                 value = np.empty(1, target.numpy_dtype)
                 raw = value.view(np.uint8)
                 self._files.read(target.key, target.entry, 0, memoryview(raw.data))
                 # google_crc32c takes numpy arrays but not writable memoryviews.
                 self._files.check_crc(target.key, target.entry, google_crc32c.value(raw))
-                self._unit(bank.args(index, value, 0, 0))
-                yield
+                self._unit(bank.args(index, value, 0, 0), started)
                 continue
             yield from self._pieces(bank, index, target)
 
-    def _pieces(self, bank: _Bank, index: int, target: Target) -> Iterator[None]:
+    def _pieces(self, bank: _Bank, index: int, target: Target) -> Iterator[int]:
         rows = target.shape[0]
         if not target.entry.size:
             return
@@ -228,9 +239,11 @@ class _Writer:
         crc = 0
         first = 0
         while first < rows:
+            # Chosen where the step before ends, from whichever thread ran it.
             chunk = BUSY_CHUNK_BYTES if self._piggybacked() else CHUNK_BYTES
             last = min(rows, first + max(1, chunk // row_bytes))
             size = (last - first) * row_bytes
+            yield size
             if len(self._buffer) < size:
                 self._buffer = bytearray(size)
             view = memoryview(self._buffer)[:size]
@@ -240,7 +253,6 @@ class _Writer:
             value = np.frombuffer(view, target.numpy_dtype)
             self._unit(bank.args(index, value, first, last), started)
             first = last
-            yield
         # After the last piece: a failed load is discarded whole.
         self._files.check_crc(target.key, target.entry, crc)
 

@@ -131,19 +131,26 @@ def test_unload_work_runs_idle_only_while_requests_are_in_flight() -> None:
     assert unpaced.idle(policy) == (me, os.sched_getscheduler(0))
 
 
-def _steps(n: int, log: list[tuple[int, float]], cpu: float) -> Iterator[None]:
-    """n steps, each spinning `cpu` seconds and noting (thread, its CPU time); no two at once."""
+def _steps(
+    n: int, log: list[tuple[int, float]], cpu: float, sizes: list[int] | None = None
+) -> Iterator[int]:
+    """n steps, each spinning `cpu` seconds and noting (thread, its CPU time); each yield
+    announces the next step's bytes (`sizes`, default 0). Fails if two threads run at once."""
     running = threading.Lock()
-    for _ in range(n):
+    yield (sizes or [0])[0]
+    for i in range(n):
         assert running.acquire(blocking=False), "two threads ran steps at once"
         began = time.thread_time()
         spin(cpu)
         log.append((threading.get_native_id(), time.thread_time() - began))
         running.release()
-        yield
+        if i + 1 < n:
+            yield (sizes or [0] * n)[i + 1]
 
 
-def _load(steps: Iterator[None], pacer: Pacer) -> tuple[int, BaseException | None]:
+def _load(
+    steps: Iterator[int], pacer: Pacer, max_bytes: int = 1
+) -> tuple[int, BaseException | None]:
     """Run `steps` as a paced load on a thread of its own; (its native id, what it raised)."""
     out: list[int] = []
     error: list[BaseException] = []
@@ -152,45 +159,90 @@ def _load(steps: Iterator[None], pacer: Pacer) -> tuple[int, BaseException | Non
         out.append(threading.get_native_id())
         try:
             with paced(pacer):
-                pacing.run_steps(steps)
+                pacing.run_steps(steps, max_bytes)
         except BaseException as exc:
             error.append(exc)
 
     thread = threading.Thread(target=load)
     thread.start()
-    thread.join()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the load hung"
     return out[0], (error[0] if error else None)
+
+
+class _Serving:
+    """`threads` serving threads making model calls of `call` seconds (spinning), each
+    followed by `PIGGYBACK.after_call()`, until stopped; `calls` holds every call's end."""
+
+    def __init__(self, call: float, threads: int = 1, gap: float = 0.0) -> None:
+        self.calls: list[float] = []
+        self.ids: set[int] = set()
+        self._stop = threading.Event()
+        self._call, self._gap = call, gap
+        self._threads = [threading.Thread(target=self._serve) for _ in range(threads)]
+
+    def _serve(self) -> None:
+        self.ids.add(threading.get_native_id())
+        while not self._stop.is_set():
+            spin(self._call)
+            if self._gap:
+                time.sleep(self._gap)
+            self.calls.append(time.perf_counter())
+            pacing.PIGGYBACK.after_call()
+
+    def __enter__(self) -> _Serving:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
 
 
 def test_while_busy_serving_threads_run_the_steps_within_the_share() -> None:
     log: list[tuple[int, float]] = []
-    stop = threading.Event()
-    calls: list[float] = []
-
-    def serve() -> None:  # model calls of ~0.3 ms, each followed by after_call
-        while not stop.is_set():
-            spin(0.0003)
-            calls.append(time.perf_counter())
-            pacing.PIGGYBACK.after_call()
-
-    server = threading.Thread(target=serve)
-    server.start()
-    try:
-        pacer = Pacer(0.2, lambda: True)
-        loader, error = _load(_steps(40, log, 0.001), pacer)
-    finally:
-        stop.set()
-        server.join()
+    pacer = Pacer(0.2, lambda: True)
+    with _Serving(0.0003, threads=2) as serving:
+        _, error = _load(_steps(40, log, 0.001), pacer)
     assert error is None
     assert len(log) == 40
-    assert loader not in {thread for thread, _ in log}  # all run by the serving thread
-    assert pacer.piggybacked == 40
-    assert pacer.slept == 0.0
+    # Serving threads run the steps; the loading thread only when the credit sat unused at its
+    # cap for a while (here: a serving thread holding the GIL for a 5 ms switch interval).
+    by_serving = [cpu for thread, cpu in log if thread in serving.ids]
+    assert len(by_serving) >= 30
+    assert pacer.piggybacked >= 30
     # The credit: the steps' CPU time is at most the share of the calls' span, plus the banked
-    # credit and the one step that may overdraw it.
-    work = sum(cpu for _, cpu in log)
-    span = calls[-1] - calls[0]
-    assert work <= 0.2 * span + pacing.PIGGYBACK_CREDIT + max(cpu for _, cpu in log)
+    # credit and the one step per serving thread that may overdraw it.
+    work = sum(by_serving)
+    span = serving.calls[-1] - serving.calls[0]
+    assert work <= 0.2 * span + pacing.PIGGYBACK_CREDIT + 2 * max(by_serving)
+
+
+def test_a_step_too_large_for_serving_threads_runs_on_the_loading_thread() -> None:
+    log: list[tuple[int, float]] = []
+    sizes = [0, 0, 10, 0, 0]  # the third step writes 10 bytes: more than max_bytes
+    pacer = Pacer(0.5, lambda: True)
+    with _Serving(0.0003) as serving:
+        loader, error = _load(_steps(5, log, 0.0005, sizes), pacer, max_bytes=1)
+    assert error is None
+    threads = [thread for thread, _ in log]
+    assert threads[2] == loader
+    assert set(threads[:2] + threads[3:]) & serving.ids  # the small ones went to serving
+
+
+def test_rare_model_calls_do_not_hold_the_load_back() -> None:
+    """Calls every ~30 ms earn more credit than one step uses: the loading thread runs steps
+    too (paced), so the load is not held to one step per model call."""
+    log: list[tuple[int, float]] = []
+    pacer = Pacer(0.5, lambda: True)
+    with _Serving(0.0001, gap=0.03) as serving:
+        loader, error = _load(_steps(30, log, 0.0002), pacer)
+    assert error is None
+    threads = [thread for thread, _ in log]
+    assert loader in threads
+    assert len(serving.calls) < 30  # fewer calls than steps: the loading thread ran the rest
 
 
 def test_busy_without_model_calls_the_loading_thread_runs_the_steps_paced() -> None:
@@ -209,31 +261,33 @@ def test_idle_the_loading_thread_runs_the_steps_at_full_speed() -> None:
     loader, error = _load(_steps(5, log, 0.0005), pacer)
     assert error is None
     assert {thread for thread, _ in log} == {loader}
-    assert pacer.units == 5  # pace() after each step
+    assert pacer.units == 5  # pace() after each step ending with a yield (the first: none)
     assert pacer.slept == 0.0
 
 
+def test_an_unpaced_load_never_hands_steps_over() -> None:
+    log: list[tuple[int, float]] = []
+    pacer = Pacer(1.0, lambda: True)
+    with _Serving(0.0003):
+        loader, error = _load(_steps(10, log, 0.0005), pacer)
+    assert error is None
+    assert {thread for thread, _ in log} == {loader}
+
+
 def test_a_step_failing_in_a_serving_thread_is_raised_in_the_loading_thread() -> None:
-    def steps() -> Iterator[None]:
-        yield
+    ran: list[int] = []
+
+    def steps() -> Iterator[int]:
+        yield 0
+        yield 0
+        ran.append(threading.get_native_id())
         raise ValueError("bad piece")
 
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            time.sleep(0.0002)
-            pacing.PIGGYBACK.after_call()  # never raises: the step's error is kept
-
-    server = threading.Thread(target=serve)
-    server.start()
-    try:
+    with _Serving(0.0002) as serving:  # after_call never raises: the step's error is kept
         _, error = _load(steps(), Pacer(0.5, lambda: True))
-    finally:
-        stop.set()
-        server.join()
     assert isinstance(error, ValueError)
     assert str(error) == "bad piece"
+    assert ran and ran[0] in serving.ids
 
 
 def test_after_call_without_a_load_does_nothing() -> None:
