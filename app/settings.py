@@ -271,9 +271,9 @@ class Settings(BaseSettings):
         gt=0.0,
         le=1.0,
         description="while requests are in flight, the share of a core a version load and "
-        "warmup may take: the load sleeps between sub-millisecond units of work so requests "
-        "never wait behind it (a busy server loads slower, an idle one at full speed); 1 = "
-        "unpaced",
+        "warmup may take: the load sleeps between sub-millisecond units of work, and the "
+        "serving threads write the checkpoint's pieces between batches, so requests never wait "
+        "behind it (a busy server loads slower, an idle one at full speed); 1 = unpaced",
     )
     access_log: bool = Field(
         default=False,
