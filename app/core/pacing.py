@@ -20,8 +20,9 @@ model call delays that batch's answers (and the next batch of that thread) by th
 always, and nothing else. In 32 KiB units
 (`restore.BUSY_CHUNK_BYTES`, ~0.14 ms of CPU each under load) that is a small, even slowdown of
 every request rather than a few requests caught behind a long unit: bench_swap, 1 GiB on a
-saturated core, share 0.05, 3 swaps: p99 in the swap window 1.10x steady pooled (1.05-1.14x per
-swap), against 1.25x when the loading thread ran them paced (README, "The 1 GiB p99").
+saturated core, share 0.05, 11 swaps in three runs: p99 in the swap window 1.10-1.11x steady
+pooled per run (0.93-1.18x per swap), against 1.25x when the loading thread ran them paced
+(README, "The 1 GiB p99").
 
 `pace()` is what the runtime calls between units. It is a function of the calling thread: the
 loading thread (app.core.priority) carries a `Pacer`; any other thread's `pace()` does nothing,

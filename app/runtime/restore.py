@@ -63,8 +63,8 @@ CHUNK_BYTES = 128 * 1024
 # one batch by its length, so shorter is better for the tail until the per-unit cost dominates.
 # bench_swap, 1 GiB, saturated core, share 0.05: 128 KiB units cost ~0.4 ms of CPU each under
 # load, and p99 in the swap window was 1.19-1.26x steady (2 swaps); 32 KiB units ~0.11-0.14 ms,
-# 1.05-1.14x (3 swaps). Idle, units stay 128 KiB: a restore at full speed then pays the fixed
-# cost of a unit (a callable run, Python) a quarter as often.
+# 1.10-1.11x pooled per run (11 swaps, three runs). Idle, units stay 128 KiB: a restore at full
+# speed then pays the fixed cost of a unit (a callable run, Python) a quarter as often.
 BUSY_CHUNK_BYTES = 32 * 1024
 # Variables per bank (see _Bank): one executor each; every unit walks the bank's ops (about
 # 8 per variable, all but one variable's skipped as dead).
