@@ -22,9 +22,10 @@ Definitions (all on CLOCK_MONOTONIC; the server's log lines are mapped onto it):
   and the first half second after it (late effects: GC, freed memory).
 - steady window: the L s just before `published`, L = the swap window's length (equally long,
   so the longest gap is compared over the same span); the quiet gap G is chosen ahead as
-  max(--min-steady, 1.3 x the longest swap window so far, a first guess per model) so it
-  normally holds L. If a swap window is longer than its gap, the steady window is the whole gap
-  and the swap is flagged `short`.
+  max(--min-steady, GAP_FACTOR x the longest swap window so far) so it normally holds L. The
+  first swap (version 2) is a calibration, not measured: its window gives the first G, as load
+  times differ by 100x between a paced and an unpaced load. If a swap window is longer than its
+  gap, the steady window is the whole gap and the swap is flagged `short`.
 - longest no-completion span of a window: the longest interval inside [start, end) without a
   200 answer arriving (window edges count as boundaries).
 - p50 / p99: latency of the requests SENT in the window (200s only; failures counted apart).
@@ -58,7 +59,8 @@ FIRST_N = 100
 WARMUP_S = 3.0
 STATE_TIMEOUT_S = 300.0
 STAGE_PREFIX = ".hotserve-tmp-bench-"  # app.publish.TMP_PREFIX: the scanner ignores it
-FIRST_GAP_GUESS_S = {"mlp": 2.0, "64": 3.0, "1024": 8.0}
+FIRST_GAP_GUESS_S = {"mlp": 2.0, "64": 3.0, "1024": 8.0}  # before the calibration swap
+GAP_FACTOR = 1.5  # load times vary by up to ~1.4x from swap to swap under load
 MLP_BODY_SEED = 0
 
 
@@ -206,7 +208,7 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
         time.sleep(WARMUP_S)
         one_version = server.memory_kib()["VmRSS"]
         gap = max(opts.min_steady, FIRST_GAP_GUESS_S.get(spec.key, 3.0))
-        for version in range(2, opts.swaps + 2):
+        for version in range(2, opts.swaps + 3):
             tmp = _stage(spec.variants[(version - 1) % 2], base, version)
             quiet_from = time.monotonic()
             time.sleep(gap)
@@ -217,12 +219,16 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
             time.sleep(max(swap.window[1] - time.monotonic(), 0.0))
             swap.rss_kib = server.memory_kib()["VmRSS"]
             shutil.rmtree(base / str(version - 1), ignore_errors=True)  # disk, not memory
+            length = swap.window[1] - swap.window[0]
+            if version == 2:  # the calibration swap (see the module docstring)
+                gap = max(opts.min_steady, GAP_FACTOR * length)
+                print(f"  {label} {spec.key} calibration swap: window {length:.2f} s", flush=True)
+                continue
             swaps.append(swap)
             longest = max(s.window[1] - s.window[0] for s in swaps)
-            gap = max(gap, opts.min_steady, 1.3 * longest)
+            gap = max(gap, opts.min_steady, GAP_FACTOR * longest)
             print(
-                f"  {label} {spec.key} swap {version - 1}/{opts.swaps}: window "
-                f"{swap.window[1] - swap.window[0]:.2f} s",
+                f"  {label} {spec.key} swap {version - 2}/{opts.swaps}: window {length:.2f} s",
                 flush=True,
             )
         load.stop()
