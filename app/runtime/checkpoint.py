@@ -237,12 +237,12 @@ class DataFiles:
         self, key: str, entry: tensor_bundle_pb2.BundleEntryProto, start: int, out: memoryview
     ) -> None:
         """Fill `out` with the tensor's bytes [start, start + len(out))."""
-        path = self._bundle.data_file(entry.shard_id)
         fd = self._fd(key, entry)
         done = 0
         while done < len(out):
             got = os.preadv(fd, [out[done:]], entry.offset + start + done)
             if got <= 0:
+                path = self._bundle.data_file(entry.shard_id)  # for the message only
                 raise DataLoss(
                     f"Read {start + done} of {entry.size} bytes of tensor {key} from {path}: "
                     "the file is truncated",
