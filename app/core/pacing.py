@@ -122,7 +122,7 @@ class Pacer:
         """Count a unit that ran in serving's idle time (`indivisible`): no sleep."""
         self.units += 1
         self.idle += 1
-        self._mark = self._now()
+        self.restart()
 
     def pace(self) -> None:
         """End one unit of work: sleep if serving is busy (see module docstring)."""
@@ -197,8 +197,9 @@ class Piggyback:
         self._jobs: deque[_Job] = deque()
         self._lock = threading.Lock()  # the credit's
         self._credit = 0.0  # seconds
-        self._last = 0.0  # time.perf_counter() of the previous after_call while a job waited
-        self.calls = 0  # after_calls seen while a job waited
+        # time.perf_counter() of the previous after_call while a job waited; the loading
+        # thread sees model calls come by its change
+        self._last = 0.0
 
     def run(self, steps: Iterator[int], pacer: Pacer, max_bytes: int) -> None:
         """Run every step of `steps` (each yield ends one and announces the bytes of the next):
@@ -209,11 +210,11 @@ class Piggyback:
         try:
             while not job.done.is_set():
                 if pacer.busy() and job.servable_step():
-                    calls = self.calls
+                    last = self._last
                     if job.done.wait(PIGGYBACK_WAIT):
                         break
                     idle_credit = self._credit >= PIGGYBACK_CREDIT
-                    if self.calls != calls and not idle_credit and job.servable_step():
+                    if self._last != last and not idle_credit and job.servable_step():
                         continue  # serving threads are taking the steps
                 with job.lock:
                     if job.done.is_set():
@@ -246,7 +247,6 @@ class Piggyback:
         except IndexError:  # the load ended meanwhile
             return
         with self._lock:
-            self.calls += 1
             now = time.perf_counter()
             credit = min(self._credit + (now - self._last) * job.share, PIGGYBACK_CREDIT)
             self._last = now
