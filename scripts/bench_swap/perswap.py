@@ -225,8 +225,7 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
                 print(f"  {label} {spec.key} calibration swap: window {length:.2f} s", flush=True)
                 continue
             swaps.append(swap)
-            longest = max(s.window[1] - s.window[0] for s in swaps)
-            gap = max(gap, opts.min_steady, GAP_FACTOR * longest)
+            gap = max(gap, opts.min_steady, GAP_FACTOR * length)  # 1.5x the longest so far
             print(
                 f"  {label} {spec.key} swap {version - 2}/{opts.swaps}: window {length:.2f} s",
                 flush=True,
