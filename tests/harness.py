@@ -186,10 +186,21 @@ def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -
             time.sleep(0.05)
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port returned in this test process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, never one this process was handed before. Why: the kernel
+    may give the same ephemeral port to two binds in a row once the first socket is closed, so
+    a server's REST and gRPC ports, picked one after the other, came out equal once (the server
+    then exited: address already in use)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # Processes started by `spawn` and not yet reaped by `stop_process`: the session-end safety net.
