@@ -21,6 +21,9 @@ import numpy.typing as npt
 
 RECORD_LUA = Path(__file__).resolve().parent / "lua" / "record.lua"
 WRK_TIMEOUT = "10s"  # wrk counts an answer slower than this as a timeout error
+# wrk needs a duration; the harness stops it with SIGINT when its run is over. One hour was
+# too short: 20 swaps of the 1 GiB model take ~80 minutes, and wrk ended at swap 14 of one run.
+WRK_MAX_SECONDS = 7 * 24 * 3600
 
 Floats = npt.NDArray[np.float64]
 
@@ -92,7 +95,12 @@ class WrkLoad:
         self.prefix = out_dir / f"wrk-{int(time.time() * 1000)}"
         argv = [
             *("taskset", "-c", str(cpu), "wrk"),
-            *(f"-t{connections}", f"-c{connections}", "-d3600s", f"--timeout={WRK_TIMEOUT}"),
+            *(
+                f"-t{connections}",
+                f"-c{connections}",
+                f"-d{WRK_MAX_SECONDS}s",
+                f"--timeout={WRK_TIMEOUT}",
+            ),
             *("-s", str(RECORD_LUA), url, "--", str(self.prefix), str(body_file)),
         ]
         self.started = time.monotonic()
@@ -105,9 +113,14 @@ class WrkLoad:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def running(self) -> bool:
+        """Whether wrk is still sending requests (a harness checks it between measurements)."""
+        return self.proc.poll() is None
+
     def stop(self) -> WrkSummary:
-        """SIGINT: wrk stops, runs done() and exits, flushing the per-thread logs."""
-        if self.proc.poll() is not None:
+        """SIGINT: wrk stops, runs done() and exits, flushing the per-thread logs. Raises
+        RuntimeError if wrk had already exited."""
+        if not self.running():
             raise RuntimeError(f"wrk exited early: {self.proc.communicate()[0]!r}")
         cpu = self.cpu_seconds()
         self.proc.send_signal(signal.SIGINT)

@@ -224,6 +224,8 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
                 gap = max(opts.min_steady, GAP_FACTOR * length)
                 print(f"  {label} {spec.key} calibration swap: window {length:.2f} s", flush=True)
                 continue
+            if not load.running():  # a swap without traffic measures nothing: stop here
+                raise RuntimeError(f"wrk exited during swap {version - 2}; see {log_path}")
             swaps.append(swap)
             gap = max(gap, opts.min_steady, GAP_FACTOR * length)  # 1.5x the longest so far
             print(
