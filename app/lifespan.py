@@ -33,7 +33,7 @@ from app import config
 from app.control.events import EventLog
 from app.control.traffic import Traffic
 from app.core.batcher import Batcher, DirectRunner, Runner
-from app.core.lifecycle import LoadOptions, RunnerFactory
+from app.core.lifecycle import LoadOptions, ReleaseMemory, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
@@ -117,7 +117,7 @@ def runner_factory(
     return make
 
 
-def default_loader(settings: Settings) -> tuple[Loader, Callable[[], None]]:
+def default_loader(settings: Settings) -> tuple[Loader, ReleaseMemory]:
     """The TensorFlow loader (imports TensorFlow) and its memory release hook."""
     from app.runtime.memory import release_memory
     from app.runtime.saved_model import SavedModelLoader
@@ -339,10 +339,10 @@ def rollout_source(
 
 def _observed_loader(
     app: FastAPI, settings: Settings, injected: Loader | None
-) -> tuple[Loader, Callable[[], None] | None]:
+) -> tuple[Loader, ReleaseMemory | None]:
     """The injected loader, else the TensorFlow one with its memory release hook; timed by
     the metrics and the event log when the app has them."""
-    release: Callable[[], None] | None = None
+    release: ReleaseMemory | None = None
     if injected is None:
         loader, release = default_loader(settings)
     else:

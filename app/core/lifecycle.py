@@ -41,11 +41,24 @@ from app.core.scanner import ScanResult
 from app.core.servable import Loader
 from app.core.signatures import IncompatibleVersion, refusal
 from app.core.types import ModelConfig, ServableId, Signature, VersionState, VersionStatus
-from app.core.versions import LoadOptions, ModelVersion, RunnerFactory, VersionWork
+from app.core.versions import (
+    LoadOptions,
+    ModelVersion,
+    ReleaseMemory,
+    RunnerFactory,
+    VersionWork,
+)
 from app.errors import HotserveError
 from app.rollout.split import Split
 
-__all__ = ["LoadOptions", "ModelRoute", "ModelState", "ModelVersion", "RunnerFactory"]
+__all__ = [
+    "LoadOptions",
+    "ModelRoute",
+    "ModelState",
+    "ModelVersion",
+    "ReleaseMemory",
+    "RunnerFactory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +104,7 @@ class ModelState:
         load_limiter: anyio.CapacityLimiter,
         options: LoadOptions,
         publish: Callable[[], None],
-        release_memory: Callable[[], None],
+        release_memory: ReleaseMemory,
         priority: LoadPriority,
         previous: ModelState | None = None,
         observe: Callable[[str, VersionStatus], None] | None = None,

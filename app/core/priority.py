@@ -32,10 +32,10 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from app.core.pacing import Pacer, on_fresh_thread, paced, run_idle
+from app.core.pacing import Pacer, on_fresh_thread, paced, run_idle, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,20 @@ class LoadPriority:
         if self._share < 1.0 and self._busy():
             return run_idle(fn, *args)
         return fn(*args)
+
+    def serve_steps(self, steps: Iterator[int]) -> None:
+        """Run `steps` (short work beside a swap, each yield ending one step: the memory release
+        after an unload, app.runtime.memory `release_memory`) where a step delays one batch by
+        its own length and nothing else: while requests are in flight, on the serving threads,
+        each right after a model call within the load share (app.core.pacing `Piggyback`);
+        else, or once requests stop, in the calling thread. Returns when every step ran;
+        raises what a step raised. Blocks; a worker thread, never the event loop."""
+        if self._share < 1.0 and self._busy():
+            with paced(Pacer(self._share, self._busy)):
+                run_steps(steps, max_bytes=0)
+            return
+        for _ in steps:
+            pass
 
     def _niced(self, pacer: Pacer, fn: Callable[..., T], *args: object) -> T:
         def lower() -> None:

@@ -30,6 +30,7 @@ from app.core.lifecycle import (
     ModelRoute,
     ModelState,
     ModelVersion,
+    ReleaseMemory,
     RunnerFactory,
 )
 from app.core.overrides import Overrides
@@ -100,7 +101,7 @@ class Registry:
         runner_factory: RunnerFactory,
         load_limiter: anyio.CapacityLimiter,
         options: LoadOptions,
-        release_memory: Callable[[], None] | None = None,
+        release_memory: ReleaseMemory | None = None,
         *,
         observe: Callable[[str, VersionStatus], None] | None = None,
     ) -> None:
@@ -108,7 +109,7 @@ class Registry:
         self._runner_factory = runner_factory
         self._load_limiter = load_limiter
         self._options = options
-        self._release_memory = release_memory or (lambda: None)
+        self._release_memory = release_memory or (lambda run_steps: None)
         self._priority = LoadPriority(
             options.load_thread_nice, options.load_busy_cpu_share, Lease.busy
         )

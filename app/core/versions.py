@@ -10,7 +10,7 @@ release hook, which runs at normal priority (see `release`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 
 RunnerFactory = Callable[[ServableId, Servable, Path], Runner]
+# app.runtime.memory `release_memory`: called after an unload with a runner for its steps
+ReleaseMemory = Callable[[Callable[[Iterator[int]], None]], None]
 
 
 @dataclass(eq=False)
@@ -109,7 +111,7 @@ class VersionWork:
         runner_factory: RunnerFactory,
         limiter: anyio.CapacityLimiter,
         options: LoadOptions,
-        release_memory: Callable[[], None],
+        release_memory: ReleaseMemory,
         priority: LoadPriority,
     ) -> None:
         self._loader = loader
@@ -201,10 +203,12 @@ class VersionWork:
         if drained:
             await to_thread.run_sync(self._priority.idle, mv.servable.unload, limiter=self._limiter)
         mv.cache.clear()
-        # At normal priority, not `idle`: malloc_trim holds each malloc arena's lock while it
-        # trims that arena (2-3 ms of CPU after an MLP or 64 MiB unload), and serving threads
-        # allocate from those arenas. Under SCHED_IDLE the holder could wait for a CPU behind
-        # the threads waiting for its lock: one trim took 1.1 s of wall time and left no
-        # request answered for 14 ms (bench_swap trace with perf sched). At normal priority it
-        # took 4.5-17 ms of wall time under load (README, causes table).
-        await to_thread.run_sync(self._release_memory, limiter=self._limiter)
+        # Not `idle`: malloc_trim holds each malloc arena's lock while it trims that arena, and
+        # serving threads allocate from those arenas; under SCHED_IDLE the holder could wait for
+        # a CPU behind the threads waiting for its lock (one trim: 1.1 s of wall time, no request
+        # answered for 14 ms). Nor at normal priority on a thread of its own, where the kernel
+        # could let it run a whole tick while serving waited: the collection and the trim are
+        # steps the serving threads take after their model calls (`serve_steps`; README, causes).
+        await to_thread.run_sync(
+            self._release_memory, self._priority.serve_steps, limiter=self._limiter
+        )

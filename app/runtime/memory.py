@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,18 @@ def note_unload() -> None:
     _last_unload = time.monotonic()
 
 
-def release_memory() -> None:
+def release_memory(run_steps: Callable[[Iterator[int]], None] | None = None) -> None:
     """Collect garbage, then return free heap pages to the OS (glibc malloc_trim(0)).
+
+    The two are two steps of one iterator (each yield ends one and announces 0 bytes for the
+    next) handed to `run_steps`, by default run here, one after the other. A server passes
+    app.core.priority `LoadPriority.serve_steps`, which has serving threads run them, each
+    right after a model call, while requests are in flight. Why: the collection holds the GIL
+    and the trim each malloc arena's lock for 1-3 ms of CPU; on a thread of its own beside a
+    saturated core the kernel could also let it run a whole tick (4 ms here) while no serving
+    thread ran, and a swap window's longest no-answer span began 4-17 ms before the old
+    version's END in 4 of 30 swaps, 3 of 13 at 1 GiB (bench_swap, README). Right after a model
+    call each step delays one batch by its own length and nothing else.
 
     Skipped when a collection began after the latest unload (`note_unload`): it already saw
     that garbage. Why: a full collection holds the GIL for time proportional to every loaded
@@ -118,7 +128,7 @@ def release_memory() -> None:
     a burst of unloads now costs one or two collections.
 
     A no-op beyond gc.collect() where the C library has no malloc_trim (musl, macOS).
-    Blocking but short; safe from any thread.
+    Blocks until both steps ran; safe from any thread but the event loop.
     """
     global _last_collect_start  # noqa: PLW0603
     with _collect_lock:
@@ -126,17 +136,27 @@ def release_memory() -> None:
             logger.debug("release_memory: a collection since the last unload covered it")
             return
         _last_collect_start = time.monotonic()
-        _collect_and_trim()
+        steps = _collect_and_trim()
+        if run_steps is None:
+            for _ in steps:
+                pass
+        else:
+            run_steps(steps)
 
 
-def _collect_and_trim() -> None:
-    started = time.perf_counter()
+def _collect_and_trim() -> Iterator[int]:
+    # Each step's CPU time on its own thread: the two may run on different threads.
+    began = time.thread_time()
     collected = gc.collect()
+    collect_ms = (time.thread_time() - began) * 1e3
+    yield 0
+    began = time.thread_time()
     trim = _malloc_trim()
     released = bool(trim(0)) if trim is not None else False
     logger.debug(
-        "release_memory: %d objects collected, heap trimmed: %s, in %.1f ms",
+        "release_memory: %d objects collected in %.1f ms, heap trimmed (%s) in %.1f ms of CPU",
         collected,
+        collect_ms,
         released,
-        (time.perf_counter() - started) * 1e3,
+        (time.thread_time() - began) * 1e3,
     )

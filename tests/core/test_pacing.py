@@ -294,3 +294,59 @@ def test_after_call_without_a_load_does_nothing() -> None:
     seen = (pacing.PIGGYBACK._last, pacing.PIGGYBACK._credit)
     pacing.PIGGYBACK.after_call()
     assert (pacing.PIGGYBACK._last, pacing.PIGGYBACK._credit) == seen  # no call counted
+
+
+def _release_steps(log: list[int]) -> Iterator[int]:
+    """Two steps, as app.runtime.memory's release: each notes the thread that ran it."""
+    log.append(threading.get_native_id())
+    yield 0
+    log.append(threading.get_native_id())
+
+
+def _serve_steps(priority: LoadPriority, steps: Iterator[int]) -> int:
+    """priority.serve_steps(steps) on a worker thread of its own; that thread's native id."""
+    out: list[int] = []
+
+    def work() -> None:
+        out.append(threading.get_native_id())
+        priority.serve_steps(steps)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "serve_steps hung"
+    return out[0]
+
+
+def test_release_steps_run_on_serving_threads_while_requests_are_in_flight() -> None:
+    log: list[int] = []
+    priority = LoadPriority(5, share=0.05, busy=lambda: True)
+    with _Serving(0.0003) as serving:
+        worker = _serve_steps(priority, _release_steps(log))
+    assert len(log) == 2
+    assert set(log) <= serving.ids and worker not in log
+
+
+def test_release_steps_run_in_the_calling_thread_when_idle_or_unpaced() -> None:
+    for priority in (
+        LoadPriority(5, share=0.05, busy=lambda: False),
+        LoadPriority(5, share=1.0, busy=lambda: True),
+    ):
+        log: list[int] = []
+        with _Serving(0.0003):
+            worker = _serve_steps(priority, _release_steps(log))
+        assert log == [worker, worker]
+
+
+def test_release_memory_hands_its_two_steps_to_the_runner() -> None:
+    from app.runtime import memory
+
+    memory.note_unload()
+    ran: list[int] = []
+
+    def runner(steps: Iterator[int]) -> None:
+        for _ in steps:
+            ran.append(1)
+
+    memory.release_memory(runner)
+    assert ran == [1]  # one yield between the collection and the trim

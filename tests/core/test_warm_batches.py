@@ -80,7 +80,7 @@ def load_with(runner: Runner, servable: WarmedServable, priority: LoadPriority) 
         runner_factory=lambda sid, s, path: runner,
         limiter=anyio.CapacityLimiter(1),
         options=LoadOptions(),
-        release_memory=lambda: None,
+        release_memory=lambda run_steps: None,
         priority=priority,
     )
 
@@ -119,7 +119,7 @@ def test_warmup_off_warms_no_batch_size() -> None:
         ),
         limiter=anyio.CapacityLimiter(1),
         options=LoadOptions(enable_warmup=False),
-        release_memory=lambda: None,
+        release_memory=lambda run_steps: None,
         priority=LoadPriority(0),
     )
 

@@ -3,6 +3,8 @@ a config reload costs one full collection, not one per model)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from app.runtime import memory
@@ -10,7 +12,12 @@ from app.runtime import memory
 
 def test_a_burst_of_unloads_is_collected_once(monkeypatch: pytest.MonkeyPatch) -> None:
     collections: list[int] = []
-    monkeypatch.setattr(memory, "_collect_and_trim", lambda: collections.append(1))
+
+    def steps() -> Iterator[int]:
+        collections.append(1)
+        yield 0
+
+    monkeypatch.setattr(memory, "_collect_and_trim", steps)
     monkeypatch.setattr(memory, "_last_unload", None)
     monkeypatch.setattr(memory, "_last_collect_start", float("-inf"))
 
