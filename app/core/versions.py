@@ -2,9 +2,10 @@
 releases one version at a time for `app.core.lifecycle` (which decides when).
 
 Threading: every method runs on the event-loop thread; the blocking parts (Loader.load,
-Servable.warmup/unload, the memory release hook) run in the load limiter, never on the loop and
-never in the inference threads: at the load priority (`LoadPriority`), but for the memory
-release hook, which runs at normal priority (see `release`).
+Servable.warmup/unload, the memory release hook) run in the load limiter, never on the loop: at
+the load priority (`LoadPriority`), but for the memory release hook's steps (a collection, then
+the heap trim), which the inference threads run after their model calls while requests are in
+flight, and the limiter's thread otherwise (`LoadPriority.serve_steps`; see `release`).
 """
 
 from __future__ import annotations
