@@ -495,8 +495,6 @@ def swap_rows(res: dict[str, Any]) -> list[str]:
                 )
             elif title.startswith("p50"):
                 cells.append(_pair(x, "p50_swap_ms", "p50_steady_ms"))
-            elif title.startswith("p99"):
-                cells.append(_pair(x, "p99_swap_ms", "p99_steady_ms"))
             elif title.startswith("p99 by stage"):
                 cells.append(
                     " / ".join(
@@ -504,6 +502,8 @@ def swap_rows(res: dict[str, Any]) -> list[str]:
                         for n in ("detect", "load", "switch_unload", "tail")
                     )
                 )
+            elif title.startswith("p99"):
+                cells.append(_pair(x, "p99_swap_ms", "p99_steady_ms"))
             elif title.startswith("first new"):
                 cells.append(_pair(x, "first_new_p50_ms", "first_new_max_ms"))
             else:
