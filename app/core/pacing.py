@@ -233,8 +233,15 @@ class Piggyback:
                     close()
             pacer.units += job.taken
             pacer.piggybacked += job.taken
-        if job.error is not None:
-            raise job.error
+        error, job.error = job.error, None
+        if error is not None:
+            # Not kept in `job`: job -> error -> traceback -> this frame -> job is a cycle,
+            # and what the failed step's frames hold (a restore's buffers) would wait for a
+            # full collection.
+            try:
+                raise error
+            finally:
+                del error
 
     def after_call(self) -> None:
         """Run one step of a waiting load if the credit allows. Call from a serving thread

@@ -24,17 +24,19 @@ block compression, a big-endian or newer-version bundle. A damaged index raises 
 too, so that TF reads it and reports its own error. Everything here is plain file I/O: any
 thread may call it.
 
-Measured 2026-11-30 (scripts/bench_swap/restore.py: a child process per run, TF already warm
-in it, restore only, in the calling thread; medians of 3; 2-core machine shared with other
-test runs, so ratios matter), TF's one-op restore against app.runtime.restore at 128 KiB:
-- 64 MiB variable: TF 43 ms in one piece; chunked 75 ms wall and CPU (1.7x), 513 units,
-  median 0.11 ms, p99 0.14 ms, longest 13 ms (the session's first run: see restore.py).
-- 1 GiB variable: TF 0.62 s in one piece (its reads ran in TF's intra-op pool: 5 ms of the
-  calling thread's CPU, 0.62 s of the process's); chunked 0.90 s (1.5x), all in the calling
-  thread, 8193 units, median 0.10 ms, p99 0.15 ms, longest 14 ms.
-- demo MLP (1.6 MiB, 6 variables): TF 8 ms; chunked 33 ms, 26 units, median 0.16 ms, longest
-  19 ms (the first run, which costs more than TF's whole restore here).
-- Peak RSS above the pre-restore level: the same within 1-3 MiB (one reused 128 KiB buffer).
+Measured 2026-12-01 (scripts/bench_swap/restore.py: a child process per run, TF already warm
+in it, restore only, in the calling thread; medians of 3; 2-core machine, idle), TF's one-op
+restore against app.runtime.restore at 128 KiB, whose units read straight into the variables
+(the units before that ran an assign op each: in brackets):
+- 64 MiB variable: TF 42 ms in one piece; chunked 42 ms (75 ms) wall and CPU, 514 units,
+  median 0.06 ms (0.11), longest 7.5 ms (the session's first run: see restore.py).
+- 1 GiB variable: TF 0.57 s in one piece (its reads ran in TF's intra-op pool, not the calling
+  thread); chunked 0.47 s (0.82 s), all in the calling thread, 8194 units, median 0.05 ms
+  (0.09), longest 7.9 ms.
+- demo MLP (1.6 MiB, 6 variables): TF 8 ms; chunked 21 ms (34 ms), 27 units, longest 12 ms
+  (19 ms: the bank's callable, the session's first run, which costs more than TF's whole
+  restore here).
+- Peak RSS above the pre-restore level: the same as TF's within 1 MiB (no buffer of its own).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ finds the page cache.
 Which graphs: see app.runtime.restore_plan (TF1 savers and TF2 traced restore functions with
 every entry stored whole, numeric, of the variable's dtype and shape). Anything else (V1
 checkpoints, partitioned or string variables, a missing or mismatching entry, an index this
-reader does not handle, a big-endian host, a TensorFlow whose session copies its outputs)
-restores exactly as TF does, in one go (`fallback`), and says why at debug: its errors are then
-TF's own.
+reader does not handle, a big-endian host) restores exactly as TF does, in one go
+(`fallback`), and says why at debug: its errors are then TF's own. So does a session whose
+outputs are copies of the variables rather than their memory (see _Bank), with a warning.
 
 A bank of variables is first given uninitialized buffers (`Empty(init=False)` assigned: TF
 keeps that buffer, nothing is touched) by one run of one callable that also fetches every
@@ -26,16 +26,18 @@ variable back: TF hands the outputs to Python as numpy arrays over the variables
 (see _Bank), and the units fill them byte range by byte range, in the checkpoint's layout (C
 order). Checksums are verified per tensor after its last piece (a failed load is discarded
 whole); a mismatch, a short or missing data file raise checkpoint.DataLoss (carrying RestoreV2's
-code for it). The arrays are dropped before the load goes on, so that each variable holds the
-only reference to its buffer (else TF copies it at the first sparse access). The callable is
-made with RunOptions inter_op_thread_pool=-1 (as InlineRuns): it runs in the loading thread,
-never TF's shared pool. What cannot be cut: the session's first run (in it TF builds its
-execution state from the whole graph and runs its graph optimizer: 10-20 ms for the demo MLP,
-~110 ms for a graph holding 48 MiB of constants; TF's own restore pays it too) and each further
-bank's executor (see _Bank). Measured (scripts/bench_swap/restore.py, 1 GiB float32 variable,
-idle machine, medians of 3): 0.55 s of CPU in 32 KiB units (15 us each) against 1.07 s (29 us)
-with an assign op per unit as before, and 0.57 s for TF's own restore; most of it is the page
-faults of the fresh memory. Other measurements: app.runtime.checkpoint's docstring.
+code for it). The arrays are dropped after each bank's last piece, on failure too, so that
+each variable holds the only reference to its buffer (else TF copies it at the first sparse
+access). The callable is made with RunOptions inter_op_thread_pool=-1 (as InlineRuns): it runs
+in the loading thread, never TF's shared pool. What cannot be cut: the session's first run (in
+it TF builds its execution state from the whole graph and runs its graph optimizer: 10-20 ms for
+the demo MLP, ~110 ms for a graph holding 48 MiB of constants; TF's own restore pays it too) and
+each further bank's executor (see _Bank). Measured (scripts/bench_swap/restore.py, idle
+machine, medians of 3): 1 GiB float32 variable, 0.55 s of CPU in 32 KiB units (15 us each)
+against 1.07 s (29 us) with an assign op per unit as before, and 0.57 s for TF's own restore,
+most of it the page faults of the fresh memory; 64 MiB 42 ms in 128 KiB units (before 71 ms;
+TF 42 ms); the demo MLP 21 ms (before 34 ms; TF 8 ms), 12 ms of it the bank's callable (before
+19 ms).
 """
 
 from __future__ import annotations
@@ -101,12 +103,13 @@ class _Bank:
     constants). Why the variables' memory rather than an assign op per piece: a callable run
     costs ~0.1 ms of CPU under load whatever it writes; a 32 KiB piece read straight into the
     variable costs ~0.02 ms, most of it the page faults of fresh memory (so a 1 GiB restore
-    needs a sixth of the CPU). TF's session hands numeric outputs to Python without a copy
-    (`TF_TensorToMaybeAliasedPyArray`); `run` checks it (the first target is fetched twice:
-    two copies would have two addresses) and raises `NotAliased` otherwise. The arrays must be
-    dropped before the variables are used: while one is alive the variable's buffer is shared,
-    and TF copies a shared buffer at its first sparse access (`EnsureSparseVariableAccess`).
-    Build with the graph as default, before it is finalized.
+    needs about half the CPU). TF's session hands numeric outputs to Python without a copy
+    (`TF_TensorToMaybeAliasedPyArray`) and a variable's read shares its buffer unless the
+    variable is in copy-on-read mode (after a sparse access); `run` checks both for every
+    variable: each is read by two ops, and two copies would have two addresses (`NotAliased`).
+    The arrays must be dropped before the variables are used: while one is alive the variable's
+    buffer is shared, and TF copies a shared buffer at its first sparse access
+    (`EnsureSparseVariableAccess`). Build with the graph as default, before it is finalized.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
@@ -115,15 +118,15 @@ class _Bank:
         for target in targets:
             empty = tf.raw_ops.Empty(shape=list(target.shape), dtype=target.dtype, init=False)
             with tf.control_dependencies([_assign(target, empty)]):
-                if target.resource:
-                    read = tf.raw_ops.ReadVariableOp(resource=target.var, dtype=target.dtype)
-                else:
-                    read = tf.identity(target.var)  # forwards the ref's buffer
-                # Flat, as TF's reshape shares the buffer: a rank-0 output would reach Python
-                # as a numpy scalar (a copy).
-                self.fetches.append(tf.reshape(read, [-1]))
-            pacing.pace()  # building ops is Python work too: 4 per variable
-        self.fetches.append(self.fetches[0])
+                for _ in range(2):
+                    if target.resource:
+                        read = tf.raw_ops.ReadVariableOp(resource=target.var, dtype=target.dtype)
+                    else:
+                        read = tf.identity(target.var)  # forwards the ref's buffer
+                    # Flat, as TF's reshape shares the buffer: a rank-0 output would reach
+                    # Python as a numpy scalar (a copy).
+                    self.fetches.append(tf.reshape(read, [-1]))
+            pacing.pace()  # building ops is Python work too: ~8 per variable
 
     def callable(self, session: Any) -> Callable[[], list[np.ndarray]]:
         """The bank's one callable (one executor), run in the calling thread (RunOptions
@@ -139,15 +142,18 @@ class _Bank:
         """Allocate every target and return each one's memory as writable bytes (dim 0 first,
         C order: the checkpoint's layout). Raises NotAliased if TF copied its outputs."""
         arrays = fn()
-        first, again = arrays[0], arrays.pop()
-        if _address(first) != _address(again) or not first.flags.writeable:
-            raise NotAliased("this TensorFlow copies a session's outputs")
         views = []
-        for target, array in zip(self.targets, arrays, strict=True):
+        for target, array, again in zip(self.targets, arrays[::2], arrays[1::2], strict=True):
             raw = np.ascontiguousarray(array).view(np.uint8).data
-            moved = raw.nbytes and _address(array) != _address(np.asarray(raw))
-            if moved or raw.nbytes != target.entry.size:
-                raise NotAliased(f"variable {target.key} is not one buffer of its entry's size")
+            if raw.nbytes != target.entry.size:
+                raise NotAliased(f"variable {target.key} does not have its entry's size")
+            # An empty array's address means nothing (numpy allocates one for it).
+            if raw.nbytes and (
+                _address(array) != _address(again)
+                or _address(array) != _address(np.asarray(raw))
+                or not array.flags.writeable
+            ):
+                raise NotAliased(f"the reads of variable {target.key} are copies")
             views.append(raw)
         return views
 
@@ -191,7 +197,8 @@ class _Writer:
     def bank(self, bank: _Bank, session: Any) -> None:
         """Allocate every variable of the bank (one unit), then fill each in pieces of at
         most CHUNK_BYTES, or BUSY_CHUNK_BYTES while serving threads run them, one piece a
-        unit. Blocks; the loading thread. Raises NotAliased (nothing written yet),
+        unit. Blocks; the loading thread. Raises NotAliased (before this bank's first piece;
+        its variables then hold uninitialized buffers, which TF's restore overwrites),
         checkpoint.DataLoss."""
         started = time.perf_counter()
         # A new executor, built in one piece (see _Bank): an indivisible unit; it paces.
@@ -216,14 +223,16 @@ class _Writer:
                 while done < view.nbytes:
                     # Chosen where the step before ends, from whichever thread ran it.
                     chunk = BUSY_CHUNK_BYTES if self._piggybacked() else CHUNK_BYTES
-                    piece = view[done : done + chunk]
-                    yield piece.nbytes
+                    size = min(chunk, view.nbytes - done)
+                    yield size
                     started = time.perf_counter()
-                    self._files.read(target.key, target.entry, done, piece)
-                    # google_crc32c takes numpy arrays but not writable memoryviews.
-                    crc = google_crc32c.extend(crc, np.frombuffer(piece, np.uint8))
-                    done += piece.nbytes
-                    piece.release()
+                    # Released on every path: a traceback keeping a slice would keep the
+                    # variable's buffer shared (and alive, were the load failing).
+                    with view[done : done + size] as piece:
+                        self._files.read(target.key, target.entry, done, piece)
+                        # google_crc32c takes numpy arrays but not writable memoryviews.
+                        crc = google_crc32c.extend(crc, np.frombuffer(piece, np.uint8))
+                    done += size
                     self._done(started)
                 if target.entry.size:
                     # After the last piece: a failed load is discarded whole.

@@ -199,6 +199,76 @@ def test_restored_variables_own_their_buffers(tmp_path: Path) -> None:
     assert grown < size * 4 // 2, f"the first gather copied the variable: +{grown} bytes"
 
 
+def test_zero_size_variables_first_in_a_bank(models: Path) -> None:
+    info, _ = _same_as_tf(models / "empties" / "1")
+    assert (info.how, info.tensors) == ("chunked", 3)
+
+
+def test_reads_that_are_copies_fall_back_to_tfs_restore(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the session's outputs copies (another TensorFlow, a variable in copy-on-read
+    mode), the pieces would fill memory TF never reads: the check sees two addresses for the
+    two reads of a variable, and TF's restore runs instead, with the same values."""
+    counter = iter(range(1, 10**9))
+    monkeypatch.setattr(restore, "_address", lambda array: next(counter))
+    info, _ = _same_as_tf(models / "multi" / "1")
+    assert info.how == "tf"
+    assert "copies" in info.reason
+
+
+def test_a_variable_in_copy_on_read_mode_is_caught(models: Path) -> None:
+    """A read of a variable that had a sparse access is a copy: the chunked restore must not
+    write into it. Fallback here: nothing, so the variable keeps its initial value."""
+    path = models / "multi" / "1"
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session, graph.as_default():
+        loader = loader_impl.SavedModelLoader(str(path))
+        saver, _ = loader.load_graph(graph, ["serve"])
+        (handle,) = [
+            op.outputs[0]
+            for op in graph.get_operations()
+            if op.type == "VarHandleOp" and op.name == "long1d"
+        ]
+        dtype = handle.op.get_attr("dtype")
+        session.run(tf.raw_ops.AssignVariableOp(resource=handle, value=tf.zeros([300_000], dtype)))
+        session.run(tf.raw_ops.ResourceGather(resource=handle, indices=[0], dtype=dtype))
+        fell_back: list[bool] = []
+        info = restore.restore(
+            session,
+            saver,
+            path / "variables" / "variables",
+            fallback=lambda: fell_back.append(True),
+        )
+    assert (info.how, fell_back) == ("tf", [True])
+
+
+def test_a_failed_piece_leaves_no_view_of_a_variable(models: Path, tmp_path: Path) -> None:
+    """A read failing mid-piece: no frame of the traceback may keep a slice of a variable's
+    memory (it would keep the buffer shared, and alive as long as the exception)."""
+    path, data, bundle = _copy(models, tmp_path)
+    entry = bundle.entries["big2d"]
+    data.write_bytes(data.read_bytes()[: entry.offset + entry.size // 2])
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session, graph.as_default():
+        loader = loader_impl.SavedModelLoader(str(path))
+        saver, _ = loader.load_graph(graph, ["serve"])
+        with pytest.raises(checkpoint.DataLoss) as info:
+            restore.restore(session, saver, path / "variables" / "variables", fallback=_fail)
+    live = []
+    tb = info.value.__traceback__
+    while tb is not None:
+        for name, value in tb.tb_frame.f_locals.items():
+            if isinstance(value, memoryview) and "released memory" not in repr(value):
+                live.append((tb.tb_frame.f_code.co_name, name))
+        tb = tb.tb_next
+    assert live == []
+
+
+def _fail() -> None:
+    raise AssertionError("no fallback expected")
+
+
 def test_tf2_module_with_a_multi_piece_variable(models: Path) -> None:
     info, paces = _same_as_tf(models / "tf2" / "1")
     assert (info.how, info.tensors) == ("chunked", 2)
