@@ -267,7 +267,7 @@ class Settings(BaseSettings):
         "serving wins the CPU during a hot swap; 0 = normal priority",
     )
     load_busy_cpu_share: float = Field(
-        default=0.05,
+        default=0.025,
         gt=0.0,
         le=1.0,
         description="while requests are in flight, the share of a core a version load and "

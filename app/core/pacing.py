@@ -18,11 +18,14 @@ the loading thread only waits. Why: a unit run on the loading thread shares one 
 serving threads, and the kernel decides which waits; a unit run by a serving thread after a
 model call delays that batch's answers (and the next batch of that thread) by the unit's length,
 always, and nothing else. In 32 KiB units
-(`restore.BUSY_CHUNK_BYTES`, ~0.14 ms of CPU each under load) that is a small, even slowdown of
-every request rather than a few requests caught behind a long unit: bench_swap, 1 GiB on a
-saturated core, share 0.05, 11 swaps in three runs: p99 in the swap window 1.10-1.11x steady
-pooled per run (0.93-1.18x per swap), against 1.25x when the loading thread ran them paced
-(README, "The 1 GiB p99").
+(`restore.BUSY_CHUNK_BYTES`: then an assign op each, ~0.14 ms of CPU under load) that is a
+small, even slowdown of every request rather than a few requests caught behind a long unit:
+bench_swap, 1 GiB on a saturated core, share 0.05, 11 swaps in three runs: p99 in the swap
+window 1.10-1.11x steady pooled per run (0.93-1.18x per swap), against 1.25x when the loading
+thread ran them paced (README, "The 1 GiB p99"). What is left is that even slowdown, which only
+the share sets: with units that read straight into the variables (half the CPU), share 0.05 took
+30-46 s for 1 GiB at 1.15x pooled and 0.025 51-64 s at 1.09x (4 swaps each, one session); 0.025
+is the default (`--load_busy_cpu_share`).
 
 `pace()` is what the runtime calls between units. It is a function of the calling thread: the
 loading thread (app.core.priority) carries a `Pacer`; any other thread's `pace()` does nothing,
