@@ -59,11 +59,6 @@ class Target:
     resource: bool
     validate_shape: bool
 
-    @property
-    def numpy_dtype(self) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self.dtype.as_numpy_dtype).newbyteorder("<")
-        return dtype
-
 
 class Unsupported(Exception):
     """The saver graph is not the standard pattern; the message says why."""
