@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from app import config
 from app.control.events import EventLog
 from app.control.traffic import Traffic
+from app.core.batch_usage import BatchUsage
 from app.core.batcher import Batcher, DirectRunner, Runner
 from app.core.lifecycle import LoadOptions, ReleaseMemory, RunnerFactory
 from app.core.registry import Registry
@@ -99,7 +100,10 @@ def runner_factory(
     limiter: anyio.CapacityLimiter,
     metrics: Metrics | None = None,
 ) -> RunnerFactory:
-    """Each loaded version gets its own runner, so a batch never mixes versions."""
+    """Each loaded version gets its own runner, so a batch never mixes versions; the batchers
+    of one model share its `BatchUsage`, so a new version is warmed at the sizes the old one
+    ran."""
+    usage: dict[str, BatchUsage] = {}
 
     def make(sid: ServableId, servable: Servable, path: Path) -> Runner:
         version_policy = policy
@@ -112,7 +116,8 @@ def runner_factory(
             return DirectRunner(servable.run, limiter)
         log.info("model %s: batching with %s", sid, version_policy)
         observer = metrics.batch_observer(sid, version_policy) if metrics is not None else None
-        return Batcher(servable.run, version_policy, limiter, observer)
+        model_usage = usage.setdefault(sid.name, BatchUsage())
+        return Batcher(servable.run, version_policy, limiter, observer, model_usage)
 
     return make
 

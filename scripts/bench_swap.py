@@ -364,8 +364,8 @@ def per_swap(args: argparse.Namespace) -> int:
             ]
             md, raw = perswap.write(results, header, out)  # after each model: partial results
             if args.keep_logs:
-                for log in work.glob("kept-server-*.log"):
-                    shutil.copy(log, out.with_name(f"{out.name}-{log.name[5:]}"))
+                for kept in [*work.glob("kept-server-*.log"), *work.glob("kept-requests-*")]:
+                    shutil.copy(kept, out.with_name(f"{out.name}-{kept.name[5:]}"))
     print(md.read_text())
     print(f"written to {md} and {raw}")
     return 0

@@ -40,6 +40,7 @@ import numpy as np
 
 from app.core import pacing
 from app.core.batch_policy import batch_sizes, validate_batch_policy
+from app.core.batch_usage import BatchUsage
 from app.core.batching_queue import Scheduler
 from app.core.batching_shapes import batch_key, merge_inputs, request_rows, split_outputs
 from app.core.batching_types import (
@@ -192,6 +193,7 @@ class Batcher(_Drain):
         policy: BatchPolicy,
         limiter: anyio.CapacityLimiter,
         observer: BatchObserver | None = None,
+        usage: BatchUsage | None = None,
     ) -> None:
         validate_batch_policy(policy)
         super().__init__()
@@ -204,6 +206,9 @@ class Batcher(_Drain):
         self._pad_variable = policy.pad_variable_length_inputs
         # The row counts of this batcher's model calls: a new version is warmed with each.
         self.batch_sizes = batch_sizes(policy)
+        # The row counts of the model's recent calls (shared by its versions' batchers): which
+        # of those sizes a load under traffic warms first (app.core.batch_usage).
+        self.usage = usage if usage is not None else BatchUsage()
         self._queue_limit = policy.max_enqueued_batches * policy.max_batch_size
 
     @property
@@ -261,6 +266,7 @@ class Batcher(_Drain):
         began = time.perf_counter()
         outputs = self._run_fn(signature, inputs)
         seconds = time.perf_counter() - began
+        self.usage.record(rows)
         split_outputs(outputs, [rows], rows)  # the same output checks as any batch
         pacing.PIGGYBACK.after_call()  # a load's unit, if one waits (app.core.pacing)
         return outputs, seconds
@@ -360,6 +366,7 @@ class Batcher(_Drain):
             began = time.perf_counter()
             outputs = self._run_fn(batch.signature, inputs)
             seconds = time.perf_counter() - began
+            self.usage.record(batch.padded)
             answers = split_outputs(outputs, sizes, batch.padded)
         except BaseException as exc:  # delivered to the batch's requests, never lost
             error = exc

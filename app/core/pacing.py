@@ -304,6 +304,13 @@ def piggyback_probe() -> Callable[[], bool]:
     return pacer.busy
 
 
+def busy() -> bool:
+    """For the loading thread: whether its paced load sees requests in flight (work it may
+    skip should be skipped). Always False outside a paced load."""
+    pacer: Pacer | None = getattr(_local, "pacer", None)
+    return pacer is not None and pacer.busy()
+
+
 def pace() -> None:
     """Called by the runtime between units of a load (a checkpoint chunk, a warmup call...):
     sleeps per the current thread's Pacer, or returns at once outside a paced load."""

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import anyio
 from anyio import to_thread
 
+from app.core.batch_usage import BatchUsage
 from app.core.batcher import Runner
 from app.core.priority import LoadPriority
 from app.core.servable import Loader, Servable
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 RunnerFactory = Callable[[ServableId, Servable, Path], Runner]
+# Servable.warm_batch_sizes(sizes, sizes_while_idle) -> sizes run (app.runtime.saved_model)
+WarmSizes = Callable[[tuple[int, ...], tuple[int, ...]], int]
 # app.runtime.memory `release_memory`: called after an unload with a runner for its steps
 ReleaseMemory = Callable[[Callable[[Iterator[int]], None]], None]
 
@@ -174,13 +177,19 @@ class VersionWork:
         """Run the warmup's inputs again at every row count the runner's model calls use
         (`Batcher.batch_sizes`), so the first real batch of each size is not the first call
         at that shape (TF builds per-shape kernels state, e.g. oneDNN primitives, on first
-        use). Only with warmup records (or synthetic warmup): hotserve never invents inputs
-        for a model on its own. Returns the number of sizes run (0: nothing to do)."""
+        use): the sizes up to the model's largest recent batch always, the larger ones only
+        while no request is in flight (`Batcher.usage`, app.core.batch_usage). Only with
+        warmup records (or synthetic warmup): hotserve never invents inputs for a model on
+        its own. Returns the number of sizes run (0: nothing to do)."""
         sizes = tuple(getattr(runner, "batch_sizes", ()))
-        warm: Callable[[tuple[int, ...]], int] | None = getattr(servable, "warm_batch_sizes", None)
+        warm: WarmSizes | None = getattr(servable, "warm_batch_sizes", None)
         if not self._options.enable_warmup or not sizes or warm is None:
             return 0
-        done = await to_thread.run_sync(self._priority.call, warm, sizes, limiter=self._limiter)
+        usage: BatchUsage | None = getattr(runner, "usage", None)
+        first, rest = usage.warm_first(sizes) if usage is not None else (sizes, ())
+        done = await to_thread.run_sync(
+            self._priority.call, warm, first, rest, limiter=self._limiter
+        )
         return int(done)
 
     async def drain(self, mv: ModelVersion) -> bool:

@@ -262,11 +262,12 @@ class SavedModelServable:
         """Run each signature once on a generated 1-row batch (see app.runtime.warmup)."""
         return warmup_mod.run_synthetic(self, self._remember)
 
-    def warm_batch_sizes(self, sizes: Sequence[int]) -> int:
-        """Run what the warmup ran again at each row count of `sizes` (see
-        app.runtime.warmup.run_batch_sizes); returns the number of sizes run."""
+    def warm_batch_sizes(self, sizes: Sequence[int], while_idle: Sequence[int] = ()) -> int:
+        """Run what the warmup ran again at each row count of `sizes`, then of `while_idle`
+        as long as no request is in flight (see app.runtime.warmup.run_batch_sizes); returns
+        the number of sizes run. Blocks: the loading thread."""
         samples = [(key[0], inputs) for key, inputs in self._warm_inputs.items()]
-        return warmup_mod.run_batch_sizes(self, samples, sizes)
+        return warmup_mod.run_batch_sizes(self, samples, sizes, while_idle)
 
     def unload(self) -> None:
         """Drop the callables and close the session. Idempotent."""

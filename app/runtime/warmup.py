@@ -184,19 +184,31 @@ def tile_rows(inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarr
 
 
 def run_batch_sizes(
-    servable: _Runnable, samples: Iterable[tuple[str, dict[str, np.ndarray]]], sizes: Sequence[int]
+    servable: _Runnable,
+    samples: Iterable[tuple[str, dict[str, np.ndarray]]],
+    sizes: Sequence[int],
+    while_idle: Sequence[int] = (),
 ) -> int:
     """Run every sample (inputs a warmup ran) once at each row count of `sizes` it was not run
-    at, its rows repeated (`tile_rows`); return the number of sizes now warm. A size the model
-    refuses is skipped with a log line, not a load failure (TF Serving does not warm batch
-    sizes at all; real batches of that size would fail the same way)."""
+    at, its rows repeated (`tile_rows`), then at each of `while_idle` until requests are in
+    flight (`pacing.busy`: the sizes a load under traffic skips, app.core.batch_usage); return
+    the number of sizes now warm. A size the model refuses is skipped with a log line, not a
+    load failure (TF Serving does not warm batch sizes at all; real batches of that size would
+    fail the same way)."""
     ran: set[int] = set()
     for signature, inputs in samples:
         own = {a.shape[0] for a in inputs.values() if a.ndim}
-        for rows in sizes:
+        for rows in (*sizes, *while_idle):
             if rows in own:  # the warmup itself ran this size
                 ran.add(rows)
                 continue
+            if rows not in sizes and pacing.busy():
+                logger.info(
+                    "batch-size warmup of %s stops at %d rows while requests are in flight",
+                    signature,
+                    rows,
+                )
+                break
             tiled = tile_rows(inputs, rows)
             if tiled is None:
                 break

@@ -247,6 +247,15 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
     assert load is not None
     requests = load.requests()
     shutil.copy(log_path, work / f"kept-{log_path.name}")
+    np.savez_compressed(  # for digging in later (`--keep-logs` copies it beside the report)
+        work / f"kept-requests-{label}-{spec.key}.npz",
+        sent=requests.sent,
+        latency=requests.latency,
+        status=requests.status,
+        digest=requests.digest,
+        wall_minus_mono=wall_minus_mono,
+        swaps=np.array([(s.version, s.quiet_from, s.published, s.old_end_seen) for s in swaps]),
+    )
     return analyse(spec, label, requests, swaps, one_version, opts)
 
 

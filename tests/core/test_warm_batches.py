@@ -12,6 +12,7 @@ import anyio
 import numpy as np
 
 from app.core.batch_policy import batch_sizes
+from app.core.batch_usage import HORIZON, BatchUsage
 from app.core.batcher import Batcher, DirectRunner, Runner
 from app.core.priority import LoadPriority
 from app.core.servable import Servable
@@ -54,13 +55,15 @@ class WarmedServable(SlowServable):
     def __init__(self) -> None:
         super().__init__(0.0)
         self.warm_calls: list[tuple[tuple[int, ...], int, int]] = []
+        self.while_idle: tuple[int, ...] = ()
 
     def warmup(self, iterations: int) -> int:
         return 1
 
-    def warm_batch_sizes(self, sizes: Sequence[int]) -> int:
+    def warm_batch_sizes(self, sizes: Sequence[int], while_idle: Sequence[int] = ()) -> int:
         tid = threading.get_native_id()
         self.warm_calls.append((tuple(sizes), tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        self.while_idle = tuple(while_idle)
         for rows in sizes:
             self.run("serving_default", {"x": np.zeros(rows, np.float32)})
         return len(sizes)
@@ -128,3 +131,60 @@ def test_warmup_off_warms_no_batch_size() -> None:
 
     anyio.run(main)
     assert servable.warm_calls == []
+
+
+def test_usage_splits_the_sizes_at_the_largest_recent_batch() -> None:
+    now = [1000.0]
+    usage = BatchUsage(clock=lambda: now[0])
+    sizes = tuple(range(1, 9))
+    assert usage.warm_first(sizes) == (sizes, ())  # no batch yet: every size
+    usage.record(3)
+    usage.record(5)
+    usage.record(2)
+    assert usage.largest() == 5
+    assert usage.warm_first(sizes) == ((1, 2, 3, 4, 5), (6, 7, 8))
+    now[0] += HORIZON - 1.0
+    usage.record(4)
+    now[0] += 2.0  # 3 and 5 are older than the horizon now, 4 is not
+    assert usage.warm_first(sizes) == ((1, 2, 3, 4), (5, 6, 7, 8))
+    now[0] += HORIZON
+    assert usage.warm_first(sizes) == (sizes, ())
+
+
+def test_padded_usage_keeps_the_allowed_sizes() -> None:
+    usage = BatchUsage()
+    usage.record(4)
+    assert usage.warm_first((2, 4, 8)) == ((2, 4), (8,))
+
+
+def test_batchers_record_the_padded_row_counts_of_their_calls() -> None:
+    usage = BatchUsage()
+    policy = BatchPolicy(max_batch_size=8, allowed_batch_sizes=(4, 8))
+    calls: list[int] = []
+
+    def run(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(run, policy, anyio.CapacityLimiter(1), usage=usage)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for rows in (1, 2, 3):
+                tg.start_soon(batcher.submit, "serving_default", {"x": np.ones(rows, np.float32)})
+
+    anyio.run(main)
+    assert set(calls) <= {4, 8}  # padded to an allowed size
+    assert usage.largest() == max(calls)
+
+
+def test_a_new_version_of_a_busy_model_warms_up_to_the_largest_recent_batch() -> None:
+    servable = WarmedServable()
+    usage = BatchUsage()
+    usage.record(3)  # the old version's batcher ran 3 rows just now
+    policy = BatchPolicy(max_batch_size=6)
+    batcher = Batcher(servable.run, policy, anyio.CapacityLimiter(1), usage=usage)
+    load_with(batcher, servable, LoadPriority(0))
+    [(sizes, _, _)] = servable.warm_calls
+    assert sizes == (1, 2, 3)
+    assert servable.while_idle == (4, 5, 6)

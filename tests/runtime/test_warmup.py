@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from app import errors
+from app.core import pacing
 from app.core.types import Signature, TensorSpec
 from app.runtime import warmup
 from app.runtime.saved_model import SavedModelLoader, SavedModelServable
@@ -252,3 +253,28 @@ def test_prepare_makes_every_callable_before_the_first_request(testdata: Path) -
         np.testing.assert_allclose(out["y"], [[2.5]])
     finally:
         servable.unload()
+
+
+def test_sizes_while_idle_run_only_while_no_request_is_in_flight() -> None:
+    """The sizes above the model's largest recent batch (app.core.batch_usage) are warmed
+    only while the paced load sees no request in flight."""
+    demo = Path(__file__).resolve().parents[2] / "models" / "half_plus_two" / "1"
+    servable = SavedModelLoader().load(demo)
+    try:
+        _check_sizes_while_idle(Spy(servable))
+    finally:
+        servable.unload()
+
+
+def _check_sizes_while_idle(spy: Spy) -> None:
+    (alias,) = spy.signatures["serving_default"].inputs
+    samples = [("serving_default", {alias: np.array([1.0], np.float32)})]
+    assert warmup.run_batch_sizes(spy, samples, (1, 2), (3, 4)) == 4  # not a paced load
+    busy = [False]
+    spy.calls.clear()
+    with pacing.paced(pacing.Pacer(0.5, lambda: busy[0])):
+        assert warmup.run_batch_sizes(spy, samples, (1, 2), (3, 4)) == 4  # idle: all
+        busy[0] = True
+        spy.calls.clear()
+        assert warmup.run_batch_sizes(spy, samples, (1, 2), (3, 4)) == 2
+    assert [len(i[alias]) for _, i in spy.calls] == [2]  # 1 is the sample's own size
