@@ -10,14 +10,8 @@ shared pools is left niced (an unprivileged process cannot raise it back). The v
 runs at normal priority: TensorFlow creates its shared compute threads during the first session,
 and threads inherit their creator's niceness, which would slow every later model call.
 
-While a lowered-priority call runs, the interpreter's switch interval is 0.1 ms instead of 5 ms
-(`sys.setswitchinterval`, process-wide, put back when the last such call returns). Why: a load
-runs Python code too (TensorFlow's graph import holds the GIL for its whole Python part), and a
-thread waiting for the GIL gets it only when the holder has had it for a switch interval; a
-load thread preempted by serving (niced, or SCHED_IDLE: app.core.pacing) keeps the GIL it
-holds, so every serving thread that then wants it waits a whole interval. bench_swap, 64 MiB,
-4 swaps each, quiet machine: p99 swap vs steady 1.35x at 1 ms, 1.25x at 0.1 ms, 1.22x at
-0.02 ms (within noise of 0.1 ms, and more GIL hand-offs between serving threads).
+While a load runs its Python-heavy steps, the interpreter's switch interval is 0.1 ms instead
+of 5 ms (app.core.pacing `gil_heavy`).
 
 Each call is also paced (app.core.pacing): while requests are in flight the load sleeps
 between its units of work, so it takes at most `share` of the core in short pieces; a restore's
@@ -30,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -40,34 +33,6 @@ from app.core.pacing import Pacer, on_fresh_thread, paced, run_idle, run_steps
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-LOAD_SWITCH_INTERVAL = 0.0001  # seconds; sys.getswitchinterval() while a load runs (see above)
-
-
-class _SwitchInterval:
-    """Counts the loads running; the first one in lowers the switch interval, the last one
-    out puts the previous value back."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._saved = sys.getswitchinterval()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._running == 0:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved, LOAD_SWITCH_INTERVAL))
-            self._running += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                sys.setswitchinterval(self._saved)
-
-
-_SWITCH = _SwitchInterval()
 
 
 class LoadPriority:
@@ -141,8 +106,7 @@ class LoadPriority:
             with paced(pacer):
                 return fn(*args)
 
-        with _SWITCH:
-            return on_fresh_thread("hotserve-load", lower, load)
+        return on_fresh_thread("hotserve-load", lower, load)
 
     def _nice(self) -> int:
         current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -276,7 +276,7 @@ def restore(
         return RestoreInfo("tf", reason=str(exc))
     info = RestoreInfo("chunked", tensors=len(targets))
     info.bytes = sum(t.entry.size for t in targets)
-    with graph.as_default(), tf.name_scope("hotserve_restore"):
+    with graph.as_default(), tf.name_scope("hotserve_restore"), pacing.gil_heavy():
         banks = [_Bank(targets[i : i + BANK]) for i in range(0, len(targets), BANK)]
     try:
         with checkpoint.DataFiles(bundle) as files:

@@ -412,7 +412,8 @@ def _load_meta_graph(session: Any, tags: list[str], path: Path) -> tuple[Any, Re
         loader = loader_impl.SavedModelLoader(str(path))
         # A graph import, TF's own restore and the init ops' run (a new executor) cannot be
         # cut: each is one indivisible unit of the paced load (app.core.pacing).
-        saver, _ = pacing.indivisible(loader.load_graph, session.graph, tags)
+        with pacing.gil_heavy():
+            saver, _ = pacing.indivisible(loader.load_graph, session.graph, tags)
         with session.graph.as_default():
             info = restore_mod.restore(
                 session,

@@ -42,24 +42,31 @@ def test_errors_propagate_from_the_load_thread() -> None:
         p.call(boom, 3)
 
 
-def test_a_lowered_priority_call_runs_with_a_short_switch_interval() -> None:
-    """While a niced load runs, a thread waiting for the GIL gets it within 1 ms of asking
-    (sys.setswitchinterval); the interval is put back when the load returns."""
+def test_a_loads_python_heavy_steps_run_with_a_short_switch_interval() -> None:
+    """Inside a paced load, `gil_heavy` steps (the graph import, building the restore's ops) run
+    with a 0.1 ms switch interval, so a serving thread waiting for the GIL gets it soon; the rest
+    of the load, and anything outside a load, keeps the interpreter's interval."""
     import sys
 
-    from app.core.priority import LOAD_SWITCH_INTERVAL
+    from app.core.pacing import LOAD_SWITCH_INTERVAL, gil_heavy
+
+    def heavy() -> float:
+        with gil_heavy():
+            return sys.getswitchinterval()
 
     before = sys.getswitchinterval()
     p = LoadPriority(5)
-    assert p.call(sys.getswitchinterval) == before  # the first load: normal priority, as is
-    assert p.call(sys.getswitchinterval) == pytest.approx(min(before, LOAD_SWITCH_INTERVAL))
+    assert p.call(heavy) == before  # the first load: normal priority, as is
+    assert p.call(heavy) == pytest.approx(min(before, LOAD_SWITCH_INTERVAL))
+    assert p.call(sys.getswitchinterval) == before  # outside the heavy steps
+    assert heavy() == before  # not a load
     assert sys.getswitchinterval() == before
 
 
-def test_overlapping_loads_restore_the_interval_only_when_the_last_returns() -> None:
+def test_overlapping_heavy_steps_restore_the_interval_only_when_the_last_ends() -> None:
     import sys
 
-    from app.core.priority import LOAD_SWITCH_INTERVAL
+    from app.core.pacing import LOAD_SWITCH_INTERVAL, gil_heavy
 
     before = sys.getswitchinterval()
     p = LoadPriority(5)
@@ -69,13 +76,18 @@ def test_overlapping_loads_restore_the_interval_only_when_the_last_returns() -> 
     seen: list[float] = []
 
     def long_load() -> None:
-        first_in.set()
-        release.wait(10)
+        with gil_heavy():
+            first_in.set()
+            release.wait(10)
+
+    def short_load() -> float:
+        with gil_heavy():
+            return sys.getswitchinterval()
 
     t = threading.Thread(target=p.call, args=(long_load,))
     t.start()
     assert first_in.wait(10)
-    seen.append(p.call(sys.getswitchinterval))  # a second load starts and ends meanwhile
+    seen.append(p.call(short_load))  # a second load starts and ends meanwhile
     seen.append(sys.getswitchinterval())  # the first one still runs
     release.set()
     t.join(10)
