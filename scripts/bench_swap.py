@@ -34,7 +34,9 @@ ones, RSS vs one version, failures. bench_swap/perswap.py defines the windows. B
 (bench.py's settings: max 64 rows, no timeout, one batch thread) unless --no-batching.
 `--source DIR` runs the server from another checkout (e.g. a worktree of an older commit) with
 the same benchmark code, for before/after runs. Writes bench-results/swaps-<label>-<time>.md
-(summary + per-swap tables) and .json (raw per-swap numbers).
+(summary + per-swap tables) and .json (raw per-swap numbers); with --keep-logs also each model's
+server log and its request log (.npz: every request's send time, latency, status and answer
+digest, monotonic seconds, and each swap's version, quiet-from, publish and old-END times).
 
     .venv/bin/python scripts/bench_swap.py --swaps 20 --models 64,1024 --label after
     .venv/bin/python scripts/bench_swap.py --swaps 20 --models 64,1024 --label before \
