@@ -342,6 +342,7 @@ def per_swap(args: argparse.Namespace) -> int:
         flags=tuple(args.server_flag),
         env=args.server_env,
         think_ms=args.think_ms,
+        keep_logs=args.keep_logs,
     )
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     stamp = time.strftime("%Y%m%d-%H%M%S")

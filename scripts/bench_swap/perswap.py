@@ -141,6 +141,7 @@ class RunOptions:
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     think_ms: int = 0  # wrk's wait between an answer and the next request (0: saturating)
+    keep_logs: bool = False  # leave the server log and the request log in `work` (kept-*)
 
 
 def _stage(src: Path, base: Path, version: int) -> Path:
@@ -246,16 +247,17 @@ def run_model(spec: ModelSpec, work: Path, opts: RunOptions, label: str) -> dict
         s.old_times = times.get(s.version - 1, s.old_times)
     assert load is not None
     requests = load.requests()
-    shutil.copy(log_path, work / f"kept-{log_path.name}")
-    np.savez_compressed(  # for digging in later (`--keep-logs` copies it beside the report)
-        work / f"kept-requests-{label}-{spec.key}.npz",
-        sent=requests.sent,
-        latency=requests.latency,
-        status=requests.status,
-        digest=requests.digest,
-        wall_minus_mono=wall_minus_mono,
-        swaps=np.array([(s.version, s.quiet_from, s.published, s.old_end_seen) for s in swaps]),
-    )
+    if opts.keep_logs:  # for digging in later: copied beside the report
+        shutil.copy(log_path, work / f"kept-{log_path.name}")
+        np.savez_compressed(
+            work / f"kept-requests-{label}-{spec.key}.npz",
+            sent=requests.sent,
+            latency=requests.latency,
+            status=requests.status,
+            digest=requests.digest,
+            wall_minus_mono=wall_minus_mono,
+            swaps=np.array([(s.version, s.quiet_from, s.published, s.old_end_seen) for s in swaps]),
+        )
     return analyse(spec, label, requests, swaps, one_version, opts)
 
 
