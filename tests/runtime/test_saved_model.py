@@ -15,15 +15,18 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from app import errors
 from app.core.types import TensorSpec
 from app.runtime.memory import release_memory
-from app.runtime.saved_model import SavedModelLoader, SavedModelServable
+from app.runtime.saved_model import SavedModelLoader, SavedModelServable, session_config
+from tests.harness import REPO
 
 MODELS = [
     "saved_model_half_plus_two_cpu/00000123",
@@ -618,3 +621,64 @@ def test_a_load_never_waits_for_tensorflows_shared_pool(testdata: Path) -> None:
         check=False,
     )
     assert "LOADED_WHILE_POOL_BLOCKED 3.0" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def _executed_graph(path: Path, config: Any) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+    """The serving_default signature run once on ones: the executed partition graphs' nodes
+    (name, op) and the outputs."""
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        sig = meta.signature_def["serving_default"]
+        feeds = {}
+        for info in sig.inputs.values():
+            shape = [d.size if d.size > 0 else 2 for d in info.tensor_shape.dim]
+            feeds[info.name] = np.ones(shape, tf.dtypes.as_dtype(info.dtype).as_numpy_dtype)
+        metadata = config_pb2.RunMetadata()
+        outputs = session.run(
+            [info.name for info in sig.outputs.values()],
+            feeds,
+            options=config_pb2.RunOptions(output_partition_graphs=True),
+            run_metadata=metadata,
+        )
+    nodes = sorted((n.name, n.op) for g in metadata.partition_graphs for n in g.node)
+    return nodes, outputs
+
+
+class _Conv(tf.Module):
+    """Conv2D + BiasAdd + Relu + FusedBatchNorm + MatMul: what grappler's remapper fuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = tf.Variable(tf.random.normal([3, 3, 3, 8], seed=1))
+        self.bias = tf.Variable(tf.random.normal([8], seed=2))
+        self.scale = tf.Variable(tf.ones([8]))
+        self.offset = tf.Variable(tf.zeros([8]))
+        self.dense = tf.Variable(tf.random.normal([8 * 8 * 8, 10], seed=3))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+    def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.kernel, 1, "SAME"), self.bias))
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            y, self.scale, self.offset, mean=tf.zeros([8]), variance=tf.ones([8]),
+            is_training=False,
+        )  # fmt: skip
+        return {"out": tf.nn.softmax(tf.matmul(tf.reshape(y, [-1, 512]), self.dense))}
+
+
+@pytest.mark.parametrize("name", ["mlp/1", "half_plus_two/2", "conv"])
+def test_the_session_config_leaves_the_executed_graph_as_tfs_default(
+    name: str, tmp_path: Path
+) -> None:
+    # The passes session_config turns off must not change what a model computes, or how.
+    if name == "conv":
+        module = _Conv()
+        path = tmp_path / "conv"
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    else:
+        path = REPO / "models" / name
+    ours, our_outputs = _executed_graph(path, session_config(0, 0))
+    default, default_outputs = _executed_graph(path, config_pb2.ConfigProto())
+    assert ours and ours == default
+    for a, b in zip(our_outputs, default_outputs, strict=True):
+        np.testing.assert_array_equal(a, b)
