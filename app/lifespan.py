@@ -38,6 +38,7 @@ from app.core.lifecycle import LoadOptions, ReleaseMemory, RunnerFactory
 from app.core.registry import Registry
 from app.core.servable import Loader, Servable
 from app.core.source import VersionScanner, VersionSource
+from app.core.ticker import TICKER
 from app.core.types import BatchPolicy, ModelConfig, ServableId, VersionState, VersionStatus
 from app.errors import ConfigError, FailedPrecondition, NotFound
 from app.metrics import Metrics
@@ -416,7 +417,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     if release is not None:  # the TensorFlow loader's process: see _freeze_startup
         _freeze_startup()
-    with notice_exit_signals(begin_shutdown):
+    with notice_exit_signals(begin_shutdown), idle_ticker(settings, release is not None):
         async with anyio.create_task_group() as tg:
             if gate is not None:
                 await tg.start(gate.run)
@@ -438,6 +439,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 discovery.cancel()
                 await _stop_serving(app, settings, grpc, registry)
                 tg.cancel_scope.cancel()
+
+
+@contextmanager
+def idle_ticker(settings: Settings, tensorflow: bool) -> Iterator[None]:
+    """The idle-step ticker (app.core.ticker) for the block, where TensorFlow loads paced
+    (`tensorflow`, `--load_busy_cpu_share` < 1) and `--load_idle_tick_micros` > 0. Entered
+    before any load, so the helper's start-up never falls in a swap."""
+    if not tensorflow or settings.load_idle_tick_micros <= 0 or settings.load_busy_cpu_share >= 1:
+        yield
+        return
+    TICKER.start(settings.load_idle_tick_micros / 1e6)
+    try:
+        yield
+    finally:
+        TICKER.stop()
 
 
 def _freeze_startup() -> None:

@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from app.core.ticker import TICKER
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -344,11 +346,16 @@ def run_idle(fn: Callable[..., T], *args: object) -> T:
     The kernel preempts a SCHED_IDLE thread at once for any normal thread that wakes, where a
     niced thread runs on until its slice ends (~4-5 ms on this kernel: EEVDF, HZ=250), so the
     serving threads never wait behind `fn` for the core (the GIL they still share: Python code
-    in `fn` gives it up within the switch interval). The thread ends with `fn`, since an
+    in `fn` gives it up within the switch interval). But once the kernel picks it, it runs to
+    the next tick unless a normal thread wakes: while `fn` runs, the ticker (app.core.ticker
+    `TICKER`, when the server started it) wakes its CPU every tick, and the thread is pinned to
+    that CPU. The thread ends with `fn`, since an
     unprivileged thread may not leave SCHED_IDLE again. Where SCHED_IDLE is missing or refused,
     `fn` runs at the new thread's inherited priority. The price: on a saturated core `fn` waits
     for idle moments, so use it for short work (milliseconds of CPU). Exceptions propagate.
     Blocks; call it from a worker thread, never the event loop."""
+
+    cpu = TICKER.cpu
 
     def lower() -> None:
         if hasattr(os, "SCHED_IDLE"):
@@ -356,8 +363,14 @@ def run_idle(fn: Callable[..., T], *args: object) -> T:
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
             except OSError as exc:  # e.g. a seccomp profile forbids it
                 log.debug("SCHED_IDLE refused: %s", exc)
+        if cpu is not None:
+            try:  # where the ticker wakes (app.core.ticker)
+                os.sched_setaffinity(0, {cpu})
+            except OSError as exc:
+                log.debug("idle thread not pinned: %s", exc)
 
-    return on_fresh_thread("hotserve-idle", lower, fn, *args)
+    with TICKER.ticking():
+        return on_fresh_thread("hotserve-idle", lower, fn, *args)
 
 
 def on_fresh_thread(name: str, setup: Callable[[], None], fn: Callable[..., T], *args: object) -> T:
