@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from app import errors
@@ -303,24 +303,23 @@ def _check_fed_aliases(signature: str, sigdef: Any, fed: frozenset[str]) -> None
 
 def session_config(intra_op_threads: int, inter_op_threads: int) -> Any:
     """The ConfigProto of a version's session: TF's defaults (as TF Serving's), the thread
-    counts given (0 = TF's choice), and two of grappler's passes off that leave an inference
-    graph as it was but cost ~30% of making each callable: the TFG optimizer (its default
-    pipeline is a round trip through MLIR) and the memory optimizer (swapping and recomputation
-    for accelerators' training graphs). Why: making a callable is a step of a load that cannot
-    be cut, run at SCHED_IDLE while requests are in flight, and on a saturated core each
-    millisecond of it costs the load ~0.3 s of wall time and the requests one more stretch
-    without the core (app.core.ticker). Measured (demo MLP, idle, one core, medians of 5 loads):
-    the restore bank's callable 9.8 -> 6.7 ms of CPU, the signature's 4.7 -> 3.0 ms; the
-    executed graphs (`RunMetadata.partition_graphs`) identical for the demo models, TF
-    Serving's test models and a Conv2D+BiasAdd+Relu+FusedBatchNorm model
-    (tests/runtime/test_saved_model.py)."""
+    counts given (0 = TF's choice), and grappler's TFG optimizer off. Its default pipeline
+    (tensorflow/core/grappler/optimizers/tfg_passes_builder.cc `DefaultGrapplerPipeline`) takes
+    the graph through MLIR for a shape inference and back, leaving the executed graph as it was,
+    and costs ~25% of making each callable. Why it matters: making a callable is a step of a
+    load that cannot be cut, run at SCHED_IDLE while requests are in flight, and on a saturated
+    core each millisecond of it costs the load ~0.3 s of wall time and the requests a share of a
+    4 ms stretch without the core (app.core.ticker). Measured (demo MLP, idle, one core, medians
+    of 5 loads): the restore bank's callable 9.8 -> 7.4 ms of CPU, the signature's 4.7 -> 3.3
+    ms; the executed graphs (`RunMetadata.partition_graphs`) identical to TF's defaults for the
+    demo models, TF Serving's test models and a Conv2D+BiasAdd+Relu+FusedBatchNorm model
+    (tests/runtime/test_saved_model.py). Every other pass runs as in TF Serving (the memory
+    optimizer too: it may rewrite an AddN, which could change a sum's rounding)."""
     config = config_pb2.ConfigProto(
         intra_op_parallelism_threads=intra_op_threads,
         inter_op_parallelism_threads=inter_op_threads,
     )
-    rewrite = config.graph_options.rewrite_options
-    rewrite.disable_tfg_optimizer = True
-    rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    config.graph_options.rewrite_options.disable_tfg_optimizer = True
     return config
 
 
