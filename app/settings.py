@@ -77,6 +77,9 @@ def _default_model_cache() -> Path:
     return Path(tempfile.gettempdir()) / "hotserve-model-cache"
 
 
+MIN_IDLE_TICK_MICROS = 1000  # see Settings.load_idle_tick_micros
+
+
 class Settings(BaseSettings):
     """All configuration of one hotserve process. Immutable; safe to share between threads."""
 
@@ -285,7 +288,7 @@ class Settings(BaseSettings):
         "half tick after each tick meanwhile, so no such stretch lasts over half a tick. The "
         "same CPU then comes in more, shorter stretches: on the 2-core VM measured, the longest "
         "span without an answer during a swap fell ~2 ms and p99 rose ~0.1x "
-        "(app/core/ticker.py, README); 0 = no helper",
+        "(app/core/ticker.py); 0 = no helper, else at least 1000",
     )
     access_log: bool = Field(
         default=False,
@@ -410,6 +413,16 @@ class Settings(BaseSettings):
         default=None,
         validation_alias="MODEL_BASE_PATH",
     )
+
+    @field_validator("load_idle_tick_micros")
+    @classmethod
+    def _tick_is_off_or_at_least_a_millisecond(cls, value: int) -> int:
+        # A shorter "tick" would make the helper wake almost continuously on the serving CPU.
+        if 0 < value < MIN_IDLE_TICK_MICROS:
+            raise ValueError(
+                f"must be 0 (off) or at least {MIN_IDLE_TICK_MICROS} (a kernel tick, 1/HZ)"
+            )
+        return value
 
     @field_validator("rest_api_port")
     @classmethod

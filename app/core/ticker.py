@@ -35,8 +35,8 @@ with the server, never during a swap) blocks on a pipe until told to tick and ti
 With several CPUs the kernel may wake the helper on a CPU other than the step's, so the helper
 is pinned to one CPU of the server's (the highest) and `run_idle` pins its step thread there too.
 
-Thread contract: every method may be called from any thread; `ticking` blocks only on a pipe
-write of one byte.
+Thread contract: every method may be called from any thread; `start` and `stop` block (a spawn,
+a wait), so call them from a worker thread; `ticking` blocks only on a pipe write of one byte.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -59,8 +60,11 @@ DEFAULT_TICK = 0.004  # seconds: the scheduler tick of a HZ=250 kernel (`--load_
 # Where in each tick the helper wakes, as fractions of the tick (module docstring).
 TICK_OFFSETS = (0.25, 0.5)
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding `app`
-_HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from app.core.ticker import main; main()"
+# The directory holding `app` (the repository, or site-packages), appended after the stdlib.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_HELPER = "import sys; sys.path.append(sys.argv[1]); from app.core.ticker import main; main()"
+READY = b"r"  # the helper's first byte on stdout: its loop runs
+START_TIMEOUT = 5.0  # seconds to wait for READY
 
 
 def next_wait(now: float, tick: float, offsets: tuple[float, ...] = TICK_OFFSETS) -> float:
@@ -71,10 +75,16 @@ def next_wait(now: float, tick: float, offsets: tuple[float, ...] = TICK_OFFSETS
 
 
 def main() -> None:
-    """The helper process's loop (argv: package root, tick seconds): reads b"1" (tick), b"0"
-    (stop ticking), end of file (exit) from stdin; while ticking, sleeps in `select` until
-    `next_wait`. Runs in the helper only."""
+    """The helper process's loop (argv: package root, tick seconds). Writes READY, then reads
+    b"1" (tick), b"0" (stop ticking) or end of file (exit: the server closed the pipe, or
+    died) from stdin; while ticking, sleeps in `select` until `next_wait`. Ignores SIGINT and
+    SIGTERM, which a terminal or a service manager sends the whole process group: the server
+    may still load during its shutdown grace, and ends the helper itself. Runs in the helper
+    only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tick = float(sys.argv[2])
+    os.write(1, READY)
     on = False
     while True:
         wait = next_wait(time.monotonic(), tick) if on else None
@@ -92,7 +102,7 @@ class Ticker:
     `start(tick)`/`stop()` are counted: the first start spawns the helper, the last stop ends it
     (a test process may run several servers). `ticking()` brackets one SCHED_IDLE step; nested
     or concurrent brackets keep the helper ticking until the last one ends. Without a running
-    helper (not started, spawn failed, not Linux) `ticking()` does nothing."""
+    helper (not started, spawn failed, not Linux, helper died) `ticking()` does nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -103,20 +113,25 @@ class Ticker:
 
     @property
     def running(self) -> bool:
+        """Whether a helper runs (started, and not found dead)."""
         return self._proc is not None
 
     @property
     def pid(self) -> int | None:
+        """The helper's process id, or None."""
         proc = self._proc
         return proc.pid if proc is not None else None
 
-    def start(self, tick: float = DEFAULT_TICK, nice: int = 0) -> None:
-        """Spawn the helper unless it runs: while ticking it wakes TICK_OFFSET (at most a
-        quarter of `tick`) after every multiple of `tick` seconds (> 0) of CLOCK_MONOTONIC,
-        where the kernel's scheduler ticks fall (module docstring). `nice`: the helper's nice
-        value (0; the micro-benchmark's knob: at 19 its wake-ups, queued behind serving threads,
-        came too late to cut a stretch). Never raises: on failure (no `sched_setaffinity`, no
-        interpreter to spawn) the steps run untouched and the reason is logged."""
+    def start(self, tick: float = DEFAULT_TICK, cpu: int | None = None, nice: int = 0) -> None:
+        """Spawn the helper unless it runs and wait (up to START_TIMEOUT seconds) for its
+        loop: while ticking it wakes TICK_OFFSETS of a tick after every multiple of `tick`
+        seconds of CLOCK_MONOTONIC, where the kernel's scheduler ticks fall (module docstring).
+        `cpu`: where the helper and the steps run (one of this process's CPUs; default the
+        highest; `--workers` spread theirs); `nice`: the helper's nice value (0; at 19 its
+        wake-ups, queued behind serving threads, came too late to cut a stretch). Raises
+        ValueError for `tick` <= 0; otherwise never raises: on failure (no `sched_setaffinity`,
+        no interpreter to spawn, a helper that does not start) the steps run untouched and the
+        reason is logged. Blocks (a spawn and a read): a worker thread, never the event loop."""
         if tick <= 0:
             raise ValueError(f"tick must be > 0 seconds, got {tick}")
         with self._lock:
@@ -125,20 +140,28 @@ class Ticker:
                 return
             if not hasattr(os, "sched_setaffinity") or not hasattr(os, "SCHED_IDLE"):
                 return
+            if not sys.executable or getattr(sys, "frozen", False):
+                log.warning("no idle-step ticker: no Python interpreter to run it")
+                return
             try:
-                cpu = max(os.sched_getaffinity(0))
+                cpus = os.sched_getaffinity(0)
+                pinned = cpu if cpu in cpus else max(cpus)
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _HELPER, _PACKAGE_ROOT, repr(tick)],
                     stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     close_fds=True,
                 )
-            except OSError as exc:
-                log.warning("no idle-step ticker: %s", exc)
+            except Exception as exc:  # a ticker is an optimisation: never fail start-up for it
+                log.warning("no idle-step ticker: %r", exc)
+                return
+            if not self._started(proc):
+                log.warning("no idle-step ticker: the helper did not start")
+                self._end(proc)
                 return
             try:
-                os.sched_setaffinity(proc.pid, {cpu})
+                os.sched_setaffinity(proc.pid, {pinned})
             except OSError as exc:  # it runs unpinned: still a wake-up on a one-CPU server
                 log.debug("idle-step ticker not pinned: %s", exc)
             if nice:
@@ -147,11 +170,21 @@ class Ticker:
                 except OSError as exc:
                     log.debug("idle-step ticker not niced: %s", exc)
             self._proc = proc
-            self.cpu = cpu
-            log.debug("idle-step ticker pid %d on CPU %d, tick %.3f ms", proc.pid, cpu, tick * 1e3)
+            self.cpu = pinned
+            log.info(
+                "idle-step ticker: pid %d on CPU %d, tick %.3f ms", proc.pid, pinned, tick * 1e3
+            )
+
+    @staticmethod
+    def _started(proc: subprocess.Popen[bytes]) -> bool:
+        if proc.stdout is None:
+            return False
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+        return bool(ready) and os.read(proc.stdout.fileno(), 1) == READY
 
     def stop(self) -> None:
-        """The last user's stop ends the helper (closing its pipe) and waits for it."""
+        """The last user's stop ends the helper (closing its pipe) and waits for it. Blocks
+        (up to ~2 s): a worker thread, never the event loop."""
         with self._lock:
             self._users = max(self._users - 1, 0)
             if self._users or self._proc is None:
@@ -159,15 +192,20 @@ class Ticker:
             proc, self._proc = self._proc, None
             self.cpu = None
             self._ticking = 0
-        self._close(proc)
+        self._end(proc)
 
     @staticmethod
-    def _close(proc: subprocess.Popen[bytes]) -> None:
+    def _end(proc: subprocess.Popen[bytes]) -> None:
+        """Close the helper's pipes (it exits at end of file) and reap it; kill it if it has
+        not exited in 2 s."""
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         try:
-            if proc.stdin is not None:
-                proc.stdin.close()
             proc.wait(timeout=2.0)
-        except (OSError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
+            log.warning("idle-step ticker pid %d did not exit: killed", proc.pid)
             proc.kill()
             proc.wait()
 
@@ -181,6 +219,7 @@ class Ticker:
             self._switch(-1)
 
     def _switch(self, delta: int) -> None:
+        dead = None
         with self._lock:
             proc = self._proc
             if proc is None or proc.stdin is None:
@@ -194,11 +233,9 @@ class Ticker:
                 proc.stdin.flush()
             except OSError as exc:  # the helper died: steps run untouched from now on
                 log.warning("idle-step ticker gone: %s", exc)
-                self._proc = None
-                self.cpu = None
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-                proc.poll()
+                dead, self._proc, self.cpu = proc, None, None
+        if dead is not None:
+            self._end(dead)
 
 
 TICKER = Ticker()
