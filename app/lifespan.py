@@ -417,8 +417,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     if release is not None:  # the TensorFlow loader's process: see _freeze_startup
         _freeze_startup()
-    with notice_exit_signals(begin_shutdown), idle_ticker(settings, release is not None):
-        async with anyio.create_task_group() as tg:
+    with notice_exit_signals(begin_shutdown):
+        async with idle_ticker(settings, release is not None), anyio.create_task_group() as tg:
             if gate is not None:
                 await tg.start(gate.run)
             await _start_rollouts(tg, app, registry)
@@ -441,19 +441,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 tg.cancel_scope.cancel()
 
 
-@contextmanager
-def idle_ticker(settings: Settings, tensorflow: bool) -> Iterator[None]:
+@asynccontextmanager
+async def idle_ticker(settings: Settings, tensorflow: bool) -> AsyncIterator[None]:
     """The idle-step ticker (app.core.ticker) for the block, where TensorFlow loads paced
     (`tensorflow`, `--load_busy_cpu_share` < 1) and `--load_idle_tick_micros` > 0. Entered
-    before any load, so the helper's start-up never falls in a swap."""
+    before any load, so the helper's start-up never falls in a swap; its start and stop (a
+    spawn, a wait) run in a worker thread."""
     if not tensorflow or settings.load_idle_tick_micros <= 0 or settings.load_busy_cpu_share >= 1:
         yield
         return
-    TICKER.start(settings.load_idle_tick_micros / 1e6)
+    await anyio.to_thread.run_sync(TICKER.start, settings.load_idle_tick_micros / 1e6, ticker_cpu())
     try:
         yield
     finally:
-        TICKER.stop()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(TICKER.stop)
+
+
+def ticker_cpu() -> int | None:
+    """The CPU of this process's ticker: the highest allowed one, or under `--workers N` (app.
+    workers sets HOTSERVE_WORKER_INDEX) one per worker from the highest down, so that workers
+    loading at once do not queue their steps on one CPU. None where affinity is unknown."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        index = int(os.environ.get("HOTSERVE_WORKER_INDEX", "0"))
+    except ValueError:
+        index = 0
+    return cpus[-1 - index % len(cpus)]
 
 
 def _freeze_startup() -> None:
