@@ -269,7 +269,8 @@ async def test_two_workers_share_the_port_and_swap_one_way(
             try:
                 await _until(lambda: sum(map(len, load.timelines)) > 50)
                 publish(bias_versions / "2", base, 2)
-                await _until(lambda: _SKEW.search(srv.log().split("version 2: loaded by all")[-1]))
+                # Version 2's own line: the startup's version 1 line must not satisfy the wait.
+                await _until(lambda: any(m.group(1) == "2" for m in _SKEW.finditer(srv.log())))
                 await anyio.sleep(1.0)
             finally:
                 load.stop = True
