@@ -186,6 +186,16 @@ def wait_all_available(url: str, counts: dict[str, int], timeout: float = 120) -
             time.sleep(0.05)
 
 
+def gone(pid: int) -> bool:
+    """Whether process `pid` exited and was reaped: a zombie, or a process still running, is
+    not gone (`kill(pid, 0)` succeeds for both)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 _HANDED_OUT: set[int] = set()  # every port free_port returned in this test process
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LIVE, ServerProcess, server, spawn, stop_process
+from tests.harness import LIVE, ServerProcess, gone, server, spawn, stop_process
 
 # Stands in for a server: alive, listening nowhere, so it never becomes ready.
 NEVER_READY = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -24,14 +23,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_a_server_that_never_becomes_ready_is_stopped(tmp_path: Path) -> None:

@@ -11,19 +11,12 @@ import pytest
 from app.core.ticker import TICKER
 from app.lifespan import ticker_cpu
 from app.settings import Settings
-from tests.harness import REPO, running_app
+from tests.harness import REPO, gone, running_app
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "SCHED_IDLE") or not Path("/proc/self/status").exists(),
     reason="Linux scheduling and /proc",
 )
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize(
@@ -44,7 +37,7 @@ async def test_a_server_loading_tensorflow_runs_the_ticker_while_it_serves(
         pid = TICKER.pid
     assert not TICKER.running
     if pid is not None:
-        assert _gone(pid)
+        assert gone(pid)
 
 
 def test_a_tick_under_a_millisecond_is_refused() -> None:

@@ -17,6 +17,7 @@ import pytest
 from app.core import pacing
 from app.core import ticker as ticker_mod
 from app.core.ticker import TICKER, Ticker, next_wait
+from tests.harness import gone
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "SCHED_IDLE") or not Path("/proc/self/status").exists(),
@@ -56,14 +57,6 @@ def settled(pid: int) -> int:
 
     poll(step)
     return last[0]
-
-
-def gone(pid: int) -> bool:
-    """Exited and reaped (no zombie left behind)."""
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
 
 
 def still_after(pid: int, count: int) -> None:
